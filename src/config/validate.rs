@@ -1,0 +1,270 @@
+//! Cross-field rules of the configuration. Every problem is collected, not just the first.
+
+use std::collections::BTreeMap;
+
+use url::Url;
+
+use super::{Config, Problem, RegistryConfig};
+use crate::policy::is_restricted_ip;
+use crate::reference::RegistryHost;
+
+pub(super) fn check(config: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut push = |key: String, message: String| out.push(Problem { key, message });
+
+    let mut canonical: BTreeMap<RegistryHost, &str> = BTreeMap::new();
+    for (name, reg) in &config.registries {
+        let key = format!("registries.{name:?}");
+        match RegistryHost::parse(name) {
+            Ok(host) => {
+                if let Some(first) = canonical.insert(host.clone(), name) {
+                    push(
+                        key.clone(),
+                        format!("names the same registry as registries.{first:?} ({host})"),
+                    );
+                }
+            }
+            Err(e) => push(key.clone(), e.to_string()),
+        }
+        check_registry(&key, reg, &mut push);
+    }
+
+    match RegistryHost::parse(&config.routing.default_registry) {
+        Ok(host) => {
+            if !config.routing.allow_unknown_registries && !canonical.contains_key(&host) {
+                push(
+                    "routing.default-registry".to_owned(),
+                    format!(
+                        "{host} has no [registries.{:?}] section (add one, or set \
+                         routing.allow-unknown-registries = true)",
+                        host.as_str()
+                    ),
+                );
+            }
+        }
+        Err(e) => push("routing.default-registry".to_owned(), e.to_string()),
+    }
+
+    let up = &config.upstream;
+    for (key, zero) in [
+        ("upstream.connect-timeout", up.connect_timeout.is_zero()),
+        ("upstream.read-timeout", up.read_timeout.is_zero()),
+        ("credentials.helper-timeout", config.credentials.helper_timeout.is_zero()),
+    ] {
+        if zero {
+            push(key.to_owned(), "must be longer than 0s".to_owned());
+        }
+    }
+    if up.max_manifest_bytes < 1024 {
+        push(
+            "upstream.max-manifest-bytes".to_owned(),
+            "must be at least 1024".to_owned(),
+        );
+    }
+
+    for (list, paths) in [
+        ("credentials.docker-config", &config.credentials.docker_config),
+        ("credentials.kubernetes-secrets", &config.credentials.kubernetes_secrets),
+    ] {
+        for (i, path) in paths.iter().enumerate() {
+            if let Err(e) = std::fs::metadata(path) {
+                push(format!("{list}[{i}]"), format!("{}: {e}", path.display()));
+            }
+        }
+    }
+    out
+}
+
+fn check_registry(key: &str, reg: &RegistryConfig, push: &mut impl FnMut(String, String)) {
+    for (i, raw) in reg.endpoints.iter().enumerate() {
+        let k = format!("{key}.endpoints[{i}]");
+        match Url::parse(raw) {
+            Err(e) => push(k, format!("{raw:?} is not a URL: {e}")),
+            Ok(url) => {
+                if let Err(msg) = check_endpoint(&url, reg.allow_private_network) {
+                    push(k, msg);
+                }
+            }
+        }
+    }
+    for (i, path) in reg.ca_certs.iter().enumerate() {
+        let k = format!("{key}.ca-certs[{i}]");
+        match std::fs::read(path) {
+            Err(e) => push(k, format!("cannot read {}: {e}", path.display())),
+            Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(certs) if !certs.is_empty() => {}
+                Ok(_) => push(k, format!("{} holds no PEM certificate", path.display())),
+                Err(e) => push(k, format!("{} is not a PEM bundle: {e}", path.display())),
+            },
+        }
+    }
+    for (i, realm) in reg.auth_realms.iter().enumerate() {
+        if realm_host(realm).is_none() {
+            push(
+                format!("{key}.auth-realms[{i}]"),
+                format!("{realm:?} is neither a URL nor a host name"),
+            );
+        }
+    }
+    if let Some(proxy) = &reg.proxy
+        && proxy != "env"
+        && proxy != "none"
+    {
+        match Url::parse(proxy) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => push(
+                format!("{key}.proxy"),
+                format!("{proxy:?}: expected \"env\", \"none\" or an http(s):// proxy URL"),
+            ),
+        }
+    }
+    check_credentials(key, reg, push);
+}
+
+fn check_endpoint(url: &Url, allow_private: bool) -> Result<(), String> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{url}: scheme must be http or https"));
+    }
+    let Some(host) = url.host() else {
+        return Err(format!("{url}: no host"));
+    };
+    if url.query().is_some() || url.fragment().is_some() || !matches!(url.path(), "" | "/") {
+        return Err(format!(
+            "{url}: give only scheme://host[:port]; stevedore adds /v2/ itself"
+        ));
+    }
+    let ip = match host {
+        url::Host::Ipv4(v4) => Some(std::net::IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(std::net::IpAddr::V6(v6)),
+        url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") => {
+            Some(std::net::IpAddr::from([127, 0, 0, 1]))
+        }
+        url::Host::Domain(_) => None,
+    };
+    if let Some(ip) = ip
+        && !allow_private
+        && is_restricted_ip(ip)
+    {
+        return Err(format!(
+            "{url} is a loopback, private or link-local address: set allow-private-network = \
+             true in this registry's section if that is intended"
+        ));
+    }
+    Ok(())
+}
+
+/// The host of a realm given as a URL or a bare host name.
+pub(crate) fn realm_host(realm: &str) -> Option<String> {
+    if let Ok(url) = Url::parse(realm)
+        && let Some(h) = url.host_str()
+    {
+        return Some(h.to_ascii_lowercase());
+    }
+    RegistryHost::parse(realm)
+        .ok()
+        .map(|h| h.hostname().to_owned())
+}
+
+fn check_credentials(key: &str, reg: &RegistryConfig, push: &mut impl FnMut(String, String)) {
+    let given = |v: &Option<super::SecretSource>| v.is_some();
+    let kinds = [
+        given(&reg.password) || given(&reg.username) && !given(&reg.identitytoken),
+        given(&reg.auth),
+        given(&reg.identitytoken),
+        given(&reg.registrytoken),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        push(
+            key.to_owned(),
+            "give one kind of credential: username + password, auth, identitytoken \
+             (optionally with username), or registrytoken"
+                .to_owned(),
+        );
+    }
+    if given(&reg.password) && !given(&reg.username) {
+        push(format!("{key}.password"), "needs a username".to_owned());
+    }
+    if given(&reg.username) && !given(&reg.password) && !given(&reg.identitytoken) {
+        push(
+            format!("{key}.username"),
+            "needs a password (or an identitytoken)".to_owned(),
+        );
+    }
+    for (field, source) in [
+        ("username", &reg.username),
+        ("password", &reg.password),
+        ("auth", &reg.auth),
+        ("identitytoken", &reg.identitytoken),
+        ("registrytoken", &reg.registrytoken),
+    ] {
+        let Some(source) = source else { continue };
+        match source.read() {
+            Err(e) => push(format!("{key}.{field}"), e.to_string()),
+            Ok(value) if field == "auth" => {
+                if crate::credentials::decode_auth(value.expose()).is_none() {
+                    push(
+                        format!("{key}.auth"),
+                        format!("value from {} is not base64 of user:password", source.origin()),
+                    );
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(toml: &str) -> String {
+        match Config::from_toml(toml, "t.toml") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let text = problems(
+            r#"
+            [routing]
+            default-registry = "nowhere.example"
+            [registries."Bad Host"]
+            [registries."r.example"]
+            endpoints = ["ftp://r.example", "http://127.0.0.1:5000", "https://r.example/v2/"]
+            ca-certs = ["/nonexistent.pem"]
+            password = "x"
+            registrytoken = { env = "STEVEDORE_TEST_UNSET_VARIABLE" }
+            proxy = "socks5://x"
+            "#,
+        );
+        for needle in [
+            "t.toml: routing.default-registry: nowhere.example has no [registries.\"nowhere.example\"]",
+            "t.toml: registries.\"Bad Host\": invalid registry host",
+            "registries.\"r.example\".endpoints[0]: ftp://r.example/: scheme must be http or https",
+            "registries.\"r.example\".endpoints[1]: http://127.0.0.1:5000/ is a loopback",
+            "registries.\"r.example\".endpoints[2]: https://r.example/v2/: give only",
+            "registries.\"r.example\".ca-certs[0]: cannot read /nonexistent.pem",
+            "registries.\"r.example\".password: needs a username",
+            "registries.\"r.example\".registrytoken: environment variable STEVEDORE_TEST_UNSET_VARIABLE is not set",
+            "registries.\"r.example\".proxy:",
+            "registries.\"r.example\": give one kind of credential",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn docker_hub_aliases_collide() {
+        let text = problems("[registries.\"docker.io\"]\n[registries.\"index.docker.io\"]\n");
+        assert!(text.contains("names the same registry"), "{text}");
+    }
+
+    #[test]
+    fn bad_auth_is_reported_without_its_value() {
+        let text = problems("[registries.\"docker.io\"]\nauth = \"bm90LWJhc2U2NC1wYWly\"\n");
+        assert!(text.contains("is not base64 of user:password"), "{text}");
+        assert!(!text.contains("bm90"), "{text}");
+    }
+}
