@@ -8,6 +8,9 @@
 pub mod config;
 pub mod credentials;
 pub mod policy;
+pub mod pull;
 pub mod reference;
 pub mod route;
 pub mod secret;
+pub mod server;
+pub mod upstream;

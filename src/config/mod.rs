@@ -11,6 +11,7 @@ use std::path::Path;
 
 pub use model::*;
 pub use secret_source::{SecretError, SecretSource};
+pub use validate::realm_host;
 
 /// The configuration used when `serve` gets no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");

@@ -154,7 +154,7 @@ fn check_endpoint(url: &Url, allow_private: bool) -> Result<(), String> {
 }
 
 /// The host of a realm given as a URL or a bare host name.
-pub(crate) fn realm_host(realm: &str) -> Option<String> {
+pub fn realm_host(realm: &str) -> Option<String> {
     if let Ok(url) = Url::parse(realm)
         && let Some(h) = url.host_str()
     {

@@ -1,0 +1,80 @@
+//! Errors of the pull engine, each knowing whose fault it is. `server::response` turns them
+//! into OCI error JSON in one place.
+
+use bytes::Bytes;
+
+use crate::reference::Digest;
+use crate::upstream::UpstreamError;
+
+/// OCI distribution-spec error codes ("Error Codes" table) that stevedore answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    ManifestUnknown,
+    NameUnknown,
+    NameInvalid,
+    DigestInvalid,
+    ManifestInvalid,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The upstream has no such manifest, blob or repository. `body` is the upstream's own
+    /// OCI error JSON when it sent one, passed through as bytes.
+    #[error("{message}")]
+    NotFound {
+        code: ErrorCode,
+        message: String,
+        body: Option<Bytes>,
+    },
+    /// The upstream refused access with stevedore's credentials (403).
+    #[error("{0}")]
+    Denied(String),
+    #[error("upstream {registry} is rate limiting stevedore (429)")]
+    RateLimited {
+        registry: String,
+        retry_after: Option<String>,
+    },
+    #[error("upstream {registry} answered {status} for {what}")]
+    UpstreamStatus {
+        registry: String,
+        status: http::StatusCode,
+        what: String,
+        retry_after: Option<String>,
+    },
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable { content_range: Option<String> },
+    #[error("upstream {registry} sent content for {expected} whose digest is {actual}")]
+    DigestMismatch {
+        registry: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("upstream {registry} sent a manifest larger than {limit} bytes")]
+    ManifestTooLarge { registry: String, limit: usize },
+    #[error("upstream {registry} sent a response stevedore cannot use: {reason}")]
+    BadUpstreamResponse { registry: String, reason: String },
+}

@@ -1,0 +1,129 @@
+//! Byte streams from upstream to client, with verification on the way.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::reference::{Digest, Hasher};
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
+
+/// Passes bytes through while hashing them; at the end, a digest or size mismatch becomes an
+/// error instead of a clean end, so the client's transfer is aborted rather than completed
+/// with wrong content.
+pub struct Verifying {
+    inner: ByteStream,
+    expected: Digest,
+    expected_len: Option<u64>,
+    hasher: Option<Hasher>,
+    seen: u64,
+    on_mismatch: Option<Box<dyn FnOnce(&Digest) + Send>>,
+}
+
+impl Verifying {
+    pub fn new(inner: ByteStream, expected: Digest, expected_len: Option<u64>) -> Self {
+        let hasher = Some(expected.algorithm().hasher());
+        Self {
+            inner,
+            expected,
+            expected_len,
+            hasher,
+            seen: 0,
+            on_mismatch: None,
+        }
+    }
+
+    /// Called with the actual digest when it does not match.
+    pub fn on_mismatch(mut self, f: impl FnOnce(&Digest) + Send + 'static) -> Self {
+        self.on_mismatch = Some(Box::new(f));
+        self
+    }
+}
+
+impl Stream for Verifying {
+    type Item = Result<Bytes, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(h) = this.hasher.as_mut() {
+                    h.update(&chunk);
+                }
+                this.seen += chunk.len() as u64;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(None) => {
+                let Some(hasher) = this.hasher.take() else {
+                    return Poll::Ready(None);
+                };
+                if let Some(len) = this.expected_len
+                    && len != this.seen
+                {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("upstream sent {} of {len} bytes", this.seen),
+                    ))));
+                }
+                let actual = hasher.finish();
+                if actual == this.expected {
+                    return Poll::Ready(None);
+                }
+                tracing::error!(expected = %this.expected, %actual, "blob digest mismatch: aborting the transfer");
+                if let Some(f) = this.on_mismatch.take() {
+                    f(&actual);
+                }
+                Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("digest mismatch: expected {}, got {actual}", this.expected),
+                ))))
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn stream_of(parts: &[&'static [u8]]) -> ByteStream {
+        let items: Vec<Result<Bytes, io::Error>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(futures_util::stream::iter(items))
+    }
+
+    #[tokio::test]
+    async fn passes_matching_content() {
+        let d = Digest::sha256_of(b"hello world");
+        let mut s = Verifying::new(stream_of(&[b"hello ", b"world"]), d, Some(11));
+        let mut out = Vec::new();
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(out, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn mismatch_ends_in_an_error() {
+        let d = Digest::sha256_of(b"hello world");
+        let mut s = Verifying::new(stream_of(&[b"hello ", b"wOrld"]), d, None);
+        assert!(s.next().await.unwrap().is_ok());
+        assert!(s.next().await.unwrap().is_ok());
+        let err = s.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn short_body_ends_in_an_error() {
+        let d = Digest::sha256_of(b"hello");
+        let mut s = Verifying::new(stream_of(&[b"hel"]), d, Some(5));
+        assert!(s.next().await.unwrap().is_ok());
+        assert_eq!(s.next().await.unwrap().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,72 @@
+//! The mirror front door: `/v2/…` requests in every client's form. Handlers are thin:
+//! parse → pull service → response.
+
+use http::header::{ACCEPT, RANGE};
+use http::{HeaderMap, Request, Response};
+
+use super::AppState;
+use super::response::{self, Body, Failure};
+use crate::route::{self, ApiRequest, Route, RouteContext, RouteKind};
+
+pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, Failure> {
+    let ctx = RouteContext {
+        default_registry: &state.default_registry,
+        authority: None,
+    };
+    let uri = req.uri();
+    match route::parse(req.method(), uri.path(), uri.query(), &ctx)? {
+        ApiRequest::Ping => Ok(response::ping()),
+        ApiRequest::Read(route) => read(state, &route, req.headers()).await,
+    }
+}
+
+/// Serves a parsed read request; shared by every front door.
+pub async fn read(
+    state: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, Failure> {
+    match &route.kind {
+        RouteKind::Manifest(reference) => {
+            let accept = accept_list(headers);
+            let m = state.pull.manifest(route, reference, &accept).await?;
+            Ok(response::manifest(m))
+        }
+        RouteKind::Blob(digest) => {
+            let range = headers.get(RANGE).cloned();
+            let b = state.pull.blob(route, digest, range).await?;
+            Ok(response::blob(b))
+        }
+        RouteKind::Tags { .. } | RouteKind::Referrers { .. } => {
+            let doc = state.pull.document(route).await?;
+            Ok(response::document(doc, route.head))
+        }
+    }
+}
+
+/// The client's media types, one per entry, from any number of comma-joined `Accept` lines.
+fn accept_list(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_lines_are_split() {
+        let mut h = HeaderMap::new();
+        h.append(ACCEPT, "a/b, c/d".parse().unwrap());
+        h.append(ACCEPT, "e/f".parse().unwrap());
+        h.append(ACCEPT, "*/*".parse().unwrap());
+        assert_eq!(accept_list(&h), vec!["a/b", "c/d", "e/f", "*/*"]);
+    }
+}

@@ -1,0 +1,243 @@
+//! Building HTTP responses, and the one place where errors become HTTP: OCI error JSON
+//! (distribution spec, "Error Codes") with the right status.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+
+use crate::pull::{BlobReply, DocumentReply, ErrorCode, ManifestReply, PullError};
+use crate::route::RouteError;
+use crate::upstream::UpstreamError;
+
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// `Docker-Distribution-Api-Version`, on every response of the mirror listener.
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub const API_VERSION: &str = "registry/2.0";
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+/// Seconds a client is told to wait when an upstream rate limits without saying how long.
+const DEFAULT_RETRY_AFTER: &str = "60";
+
+/// Everything a request can fail with at the front door.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(e: UpstreamError) -> Self {
+        Failure::Pull(PullError::Upstream(e))
+    }
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never: Infallible| match never {}).boxed_unsync()
+}
+
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync()
+}
+
+fn builder(status: StatusCode) -> http::response::Builder {
+    Response::builder().status(status)
+}
+
+fn finish(b: http::response::Builder, body: Body) -> Response<Body> {
+    b.body(body).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "building a response failed");
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+/// `GET /v2/`: stevedore accepts anonymous clients, so this is always 200.
+pub fn ping() -> Response<Body> {
+    finish(
+        builder(StatusCode::OK).header(CONTENT_TYPE, "application/json"),
+        full(Bytes::from_static(b"{}")),
+    )
+}
+
+pub fn manifest(m: ManifestReply) -> Response<Body> {
+    let b = builder(StatusCode::OK)
+        .header(CONTENT_TYPE, m.media_type)
+        .header(CONTENT_LENGTH, m.size)
+        .header(DOCKER_CONTENT_DIGEST, m.digest.to_string())
+        .header(http::header::ETAG, format!("\"{}\"", m.digest));
+    finish(b, m.body.map_or_else(empty, full))
+}
+
+pub fn blob(reply: BlobReply) -> Response<Body> {
+    let status = if reply.content_range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut b = builder(status)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(DOCKER_CONTENT_DIGEST, reply.digest.to_string())
+        .header(http::header::ACCEPT_RANGES, "bytes");
+    if let Some(len) = reply.length {
+        b = b.header(CONTENT_LENGTH, len);
+    }
+    if let Some(range) = reply.content_range {
+        b = b.header(CONTENT_RANGE, range);
+    }
+    let body = match reply.body {
+        Some(stream) => BodyExt::boxed_unsync(StreamBody::new(stream.map_ok(Frame::data))),
+        None => empty(),
+    };
+    finish(b, body)
+}
+
+pub fn document(doc: DocumentReply, head: bool) -> Response<Body> {
+    let mut b = builder(StatusCode::OK)
+        .header(CONTENT_TYPE, doc.content_type)
+        .header(CONTENT_LENGTH, doc.body.len());
+    if let Some(link) = doc.link {
+        b = b.header(LINK, link);
+    }
+    if let Some(f) = doc.filters_applied {
+        b = b.header("oci-filters-applied", f);
+    }
+    finish(b, if head { empty() } else { full(doc.body) })
+}
+
+/// The one mapping from errors to HTTP.
+pub fn error(failure: &Failure) -> Response<Body> {
+    let (status, code) = classify(failure);
+    let message = failure.to_string();
+    if status.is_server_error() {
+        tracing::warn!(%status, code = code.as_str(), %message, "request failed");
+    } else {
+        tracing::debug!(%status, code = code.as_str(), %message, "request refused");
+    }
+    let mut b = builder(status).header(CONTENT_TYPE, "application/json");
+    if let Some(after) = retry_after(failure) {
+        b = b.header(RETRY_AFTER, after);
+    }
+    if let Failure::Pull(PullError::RangeNotSatisfiable {
+        content_range: Some(r),
+    }) = failure
+    {
+        b = b.header(CONTENT_RANGE, r);
+    }
+    if let Failure::Route(RouteError::Unsupported(_) | RouteError::Method(_)) = failure {
+        b = b.header(http::header::ALLOW, "GET, HEAD");
+    }
+    // An upstream's own OCI error body passes through as it was.
+    let body = match failure {
+        Failure::Pull(PullError::NotFound {
+            body: Some(raw), ..
+        }) => raw.clone(),
+        _ => error_json(code, &message),
+    };
+    finish(b.header(CONTENT_LENGTH, body.len()), full(body))
+}
+
+fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
+    match failure {
+        Failure::Route(e) => match e {
+            RouteError::NotApi(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            RouteError::Invalid(n) => match n {
+                crate::reference::NameError::Digest(_) => {
+                    (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
+                }
+                crate::reference::NameError::Tag(_) => {
+                    (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid)
+                }
+                _ => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
+            },
+            RouteError::Unsupported(_) | RouteError::Method(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
+            }
+        },
+        Failure::Pull(e) => match e {
+            PullError::Upstream(u) => match u {
+                UpstreamError::NotConfigured { .. } | UpstreamError::RestrictedAddress { .. } => {
+                    (StatusCode::FORBIDDEN, ErrorCode::Denied)
+                }
+                UpstreamError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+                UpstreamError::Unreachable { .. } | UpstreamError::Protocol { .. } => {
+                    (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+                }
+                UpstreamError::Credentials { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable)
+                }
+            },
+            PullError::NotFound { code, .. } => (StatusCode::NOT_FOUND, *code),
+            PullError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            PullError::RateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+            }
+            PullError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUnknown)
+            }
+            PullError::UpstreamStatus { .. }
+            | PullError::DigestMismatch { .. }
+            | PullError::ManifestTooLarge { .. }
+            | PullError::BadUpstreamResponse { .. } => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
+            }
+        },
+    }
+}
+
+fn retry_after(failure: &Failure) -> Option<HeaderValue> {
+    let value = match failure {
+        Failure::Pull(PullError::RateLimited { retry_after, .. }) => {
+            retry_after.as_deref().unwrap_or(DEFAULT_RETRY_AFTER)
+        }
+        Failure::Pull(PullError::UpstreamStatus {
+            retry_after: Some(r),
+            ..
+        }) => r.as_str(),
+        _ => return None,
+    };
+    HeaderValue::from_str(value).ok()
+}
+
+/// `{"errors":[{"code":…,"message":…}]}`
+pub fn error_json(code: ErrorCode, message: &str) -> Bytes {
+    let value = serde_json::json!({
+        "errors": [{ "code": code.as_str(), "message": message, "detail": null }]
+    });
+    Bytes::from(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_oci_json() {
+        let r = error(&Failure::Route(RouteError::Unsupported("push")));
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        let j: serde_json::Value =
+            serde_json::from_slice(&error_json(ErrorCode::Denied, "nope")).unwrap();
+        assert_eq!(j["errors"][0]["code"], "DENIED");
+        assert_eq!(j["errors"][0]["message"], "nope");
+    }
+
+    #[test]
+    fn rate_limits_keep_retry_after() {
+        let f = Failure::Pull(PullError::RateLimited {
+            registry: "r".into(),
+            retry_after: None,
+        });
+        let r = error(&f);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[RETRY_AFTER], "60");
+    }
+}

@@ -1,0 +1,152 @@
+//! The upstream side: one [`Upstream`] per registry, built from the config, plus on-demand
+//! upstreams for unconfigured registries when `routing.allow-unknown-registries` is on.
+
+mod auth;
+mod challenge;
+mod client;
+mod error;
+mod http;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use url::Url;
+
+pub use auth::{CLIENT_ID, TokenCache, realm_may_receive_credentials};
+pub use challenge::{Challenge, parse as parse_challenge};
+pub use client::{Upstream, UpstreamRequest};
+pub use error::UpstreamError;
+pub use http::{ClientBuildError, ProxyEnv};
+
+
+use crate::config::{Config, RegistryConfig};
+use crate::credentials::CredentialStore;
+use crate::reference::RegistryHost;
+
+/// All upstream registries stevedore may talk to.
+pub struct Upstreams {
+    configured: HashMap<RegistryHost, Arc<Upstream>>,
+    /// Present when unknown registries are allowed: built on first use, kept for a while.
+    unknown: Option<UnknownRegistries>,
+    tokens: Arc<TokenCache>,
+}
+
+struct UnknownRegistries {
+    cache: moka::sync::Cache<RegistryHost, Arc<Upstream>>,
+    http: reqwest::Client,
+    credentials: Arc<CredentialStore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("registries.{registry:?}: {source}")]
+pub struct BuildError {
+    registry: String,
+    source: ClientBuildError,
+}
+
+impl Upstreams {
+    pub fn from_config(
+        config: &Config,
+        credentials: Arc<CredentialStore>,
+        env: &ProxyEnv,
+    ) -> Result<Self, BuildError> {
+        let tokens = Arc::new(TokenCache::default());
+        let ctx = http::ClientContext {
+            upstream: &config.upstream,
+            env,
+            own_listen: config.server.listen,
+        };
+        let mut configured = HashMap::new();
+        for (name, reg) in &config.registries {
+            // Names were validated by Config::load.
+            let Ok(host) = RegistryHost::parse(name) else {
+                continue;
+            };
+            let client = http::build_client(reg, &ctx).map_err(|source| BuildError {
+                registry: name.clone(),
+                source,
+            })?;
+            let upstream = Upstream::new(
+                host.clone(),
+                endpoints(&host, reg),
+                client,
+                reg.allow_private_network,
+                reg.auth_realms.clone(),
+                credentials.clone(),
+                tokens.clone(),
+            );
+            configured.insert(host, Arc::new(upstream));
+        }
+        let unknown = if config.routing.allow_unknown_registries {
+            let http = http::build_client(&RegistryConfig::default(), &ctx).map_err(|source| {
+                BuildError {
+                    registry: "(unknown registries)".to_owned(),
+                    source,
+                }
+            })?;
+            Some(UnknownRegistries {
+                cache: moka::sync::Cache::builder()
+                    .max_capacity(1024)
+                    .time_to_idle(std::time::Duration::from_secs(3600))
+                    .build(),
+                http,
+                credentials,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            configured,
+            unknown,
+            tokens,
+        })
+    }
+
+    /// The upstream for a registry, or why there is none.
+    pub fn get(&self, registry: &RegistryHost) -> Result<Arc<Upstream>, UpstreamError> {
+        if let Some(u) = self.configured.get(registry) {
+            return Ok(u.clone());
+        }
+        let Some(unknown) = &self.unknown else {
+            return Err(UpstreamError::NotConfigured {
+                registry: registry.to_string(),
+            });
+        };
+        Ok(unknown.cache.get_with(registry.clone(), || {
+            Arc::new(Upstream::new(
+                registry.clone(),
+                endpoints(registry, &RegistryConfig::default()),
+                unknown.http.clone(),
+                false,
+                Vec::new(),
+                unknown.credentials.clone(),
+                self.tokens.clone(),
+            ))
+        }))
+    }
+
+    /// Token requests made so far, across all registries.
+    pub fn token_fetches(&self) -> u64 {
+        self.tokens.fetches()
+    }
+}
+
+/// A registry's endpoints: as configured, else `https://<host>` (Docker Hub's API host for
+/// docker.io).
+fn endpoints(host: &RegistryHost, reg: &RegistryConfig) -> Vec<Url> {
+    let configured: Vec<Url> = reg
+        .endpoints
+        .iter()
+        .filter_map(|e| Url::parse(e).ok())
+        .collect();
+    if !configured.is_empty() {
+        return configured;
+    }
+    let default = if host.is_docker_hub() {
+        "https://registry-1.docker.io".to_owned()
+    } else {
+        format!("https://{host}")
+    };
+    Url::parse(&default).into_iter().collect()
+}
+
