@@ -109,7 +109,7 @@ fn default_max_manifest_bytes() -> usize {
     4 * 1024 * 1024
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CredentialsConfig {
     /// docker `config.json` / containers `auth.json` files, read on every change.
@@ -122,6 +122,16 @@ pub struct CredentialsConfig {
     /// Longest a `docker-credential-<name> get` may run.
     #[serde(default = "default_helper_timeout", with = "humantime_serde")]
     pub helper_timeout: Duration,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        Self {
+            docker_config: Vec::new(),
+            kubernetes_secrets: Vec::new(),
+            helper_timeout: default_helper_timeout(),
+        }
+    }
 }
 
 fn default_helper_timeout() -> Duration {

@@ -74,11 +74,7 @@ impl PullService {
         accept: &[String],
     ) -> Result<ManifestReply, PullError> {
         let upstream = self.upstreams.get(&route.registry)?;
-        let accept = if accept.is_empty() {
-            DEFAULT_MANIFEST_ACCEPT.iter().map(|s| s.to_string()).collect()
-        } else {
-            accept.to_vec()
-        };
+        let accept = manifest_accept(accept);
         if route.head
             && let Some(reply) = self.manifest_head(&upstream, route, reference, &accept).await?
         {
@@ -212,6 +208,20 @@ impl PullService {
     pub fn token_fetches(&self) -> u64 {
         self.upstreams.token_fetches()
     }
+}
+
+/// The client's `Accept` list, plus the manifest types stevedore understands when the client
+/// named none (`*/*` alone makes distribution 2.8 refuse OCI manifests).
+fn manifest_accept(client: &[String]) -> Vec<String> {
+    let generic = |t: &String| {
+        let t = t.split(';').next().unwrap_or("").trim();
+        matches!(t, "*/*" | "application/*" | "application/json" | "")
+    };
+    let mut out = client.to_vec();
+    if client.iter().all(generic) {
+        out.splice(0..0, DEFAULT_MANIFEST_ACCEPT.iter().map(|s| s.to_string()));
+    }
+    out
 }
 
 async fn send(
@@ -424,6 +434,17 @@ mod tests {
             rewrite_link("<https://r.example/v2/app/tags/list?n=2>; rel=\"next\"", &r).unwrap(),
             "</v2/app/tags/list?n=2&ns=r.example>; rel=\"next\""
         );
+    }
+
+    #[test]
+    fn accept_lists() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(manifest_accept(&[]).len(), 4);
+        let wild = manifest_accept(&v(&["*/*"]));
+        assert_eq!(wild.len(), 5);
+        assert_eq!(wild[4], "*/*");
+        let docker = v(&["application/vnd.docker.distribution.manifest.v2+json", "*/*"]);
+        assert_eq!(manifest_accept(&docker), docker);
     }
 
     #[test]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every check and test of stevedore on a Debian machine, as root, installing what the
+# tests need: a real registry (distribution), real clients (skopeo, containerd's ctr) and the
+# tools the harness uses (htpasswd, openssl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+need=(docker-registry skopeo containerd ca-certificates apache2-utils openssl tar gzip)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}"
+fi
+# The registry package starts a system service on :5000 on some installs; the tests start
+# their own registries and do not need it.
+systemctl stop docker-registry >/dev/null 2>&1 || true
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets -- --test-threads=4
