@@ -29,20 +29,10 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         check_registry(&key, reg, &mut push);
     }
 
-    match RegistryHost::parse(&config.routing.default_registry) {
-        Ok(host) => {
-            if !config.routing.allow_unknown_registries && !canonical.contains_key(&host) {
-                push(
-                    "routing.default-registry".to_owned(),
-                    format!(
-                        "{host} has no [registries.{:?}] section (add one, or set \
-                         routing.allow-unknown-registries = true)",
-                        host.as_str()
-                    ),
-                );
-            }
-        }
-        Err(e) => push("routing.default-registry".to_owned(), e.to_string()),
+    // A default registry without a section is allowed: requests that name no registry are
+    // then refused with a message naming the section to add.
+    if let Err(e) = RegistryHost::parse(&config.routing.default_registry) {
+        push("routing.default-registry".to_owned(), e.to_string());
     }
 
     let up = &config.upstream;
@@ -229,7 +219,7 @@ mod tests {
         let text = problems(
             r#"
             [routing]
-            default-registry = "nowhere.example"
+            default-registry = "nowhere example"
             [registries."Bad Host"]
             [registries."r.example"]
             endpoints = ["ftp://r.example", "http://127.0.0.1:5000", "https://r.example/v2/"]
@@ -240,7 +230,7 @@ mod tests {
             "#,
         );
         for needle in [
-            "t.toml: routing.default-registry: nowhere.example has no [registries.\"nowhere.example\"]",
+            "t.toml: routing.default-registry: invalid registry host",
             "t.toml: registries.\"Bad Host\": invalid registry host",
             "registries.\"r.example\".endpoints[0]: ftp://r.example/: scheme must be http or https",
             "registries.\"r.example\".endpoints[1]: http://127.0.0.1:5000/ is a loopback",
