@@ -14,9 +14,16 @@ use sha2::Digest as _;
 
 use crate::secret::SecretString;
 
+mod config_entry;
+mod docker_config;
+mod error;
+mod helper;
+mod scope;
 mod store;
+mod watch;
 
-pub use store::{CredentialError, CredentialStore};
+pub use error::CredentialError;
+pub use store::CredentialStore;
 
 /// What stevedore presents to a registry (or its token realm).
 #[derive(Clone, PartialEq, Eq)]
