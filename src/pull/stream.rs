@@ -11,6 +11,9 @@ use crate::reference::{Digest, Hasher};
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
+/// Told the actual digest of content that did not match.
+type MismatchHook = Box<dyn FnOnce(&Digest) + Send>;
+
 /// Passes bytes through while hashing them; at the end, a digest or size mismatch becomes an
 /// error instead of a clean end, so the client's transfer is aborted rather than completed
 /// with wrong content.
@@ -20,7 +23,7 @@ pub struct Verifying {
     expected_len: Option<u64>,
     hasher: Option<Hasher>,
     seen: u64,
-    on_mismatch: Option<Box<dyn FnOnce(&Digest) + Send>>,
+    on_mismatch: Option<MismatchHook>,
 }
 
 impl Verifying {
