@@ -1,0 +1,26 @@
+//! Black-box integration-test harness: real upstream components only.
+//!
+//! * [`registry::Registry`] — CNCF distribution 2.8 (`docker-registry`) as a
+//!   child process, open / htpasswd / token auth.
+//! * [`token_server::TokenServer`] — Docker-style token server whose JWTs
+//!   distribution accepts, with request recording.
+//! * [`images`] — deterministic test images and a push client.
+//! * [`clients`] — skopeo, containerd/ctr and oci-client pulling through a
+//!   mirror.
+//!
+//! Each integration test binary includes this with `mod common;` and uses a
+//! subset of it, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod clients;
+pub mod images;
+pub mod registry;
+pub mod token_server;
+pub mod util;
+
+#[allow(unused_imports)]
+pub use images::{ImageSpec, PushedImage, RegistryClient};
+#[allow(unused_imports)]
+pub use registry::Registry;
+#[allow(unused_imports)]
+pub use token_server::{Credentials, TokenServer};
