@@ -5,6 +5,9 @@
 //! * [`token_server::TokenServer`] — Docker-style token server whose JWTs
 //!   distribution accepts, with request recording.
 //! * [`images`] — deterministic test images and a push client.
+//! * [`faults`] — a fault-injecting, recording proxy between stevedore and a
+//!   real registry.
+//! * [`stevedore`] — stevedore itself, in-process on 127.0.0.1:0.
 //! * [`clients`] — skopeo, containerd/ctr and oci-client pulling through a
 //!   mirror.
 //!
@@ -13,8 +16,10 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod faults;
 pub mod images;
 pub mod registry;
+pub mod stevedore;
 pub mod token_server;
 pub mod util;
 

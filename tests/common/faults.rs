@@ -1,0 +1,324 @@
+//! A small fault-injecting HTTP proxy placed between stevedore and a real registry. It
+//! forwards every request to the registry and, for requests matching a rule, answers with a
+//! status instead, cuts the body short, flips a byte, slows the body down, or redirects to
+//! another server. It records what it receives (including `Authorization`) so tests can
+//! assert on what stevedore sent.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status (and `Retry-After`, if given) instead of forwarding.
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    /// Forward, but end the body after this many bytes (the connection is cut).
+    Truncate { after: u64 },
+    /// Forward, flipping the byte at this offset of the body.
+    Corrupt { at: u64 },
+    /// Forward, waiting this long before each body chunk.
+    Slow { per_chunk: Duration },
+    /// Answer `307` to the same path and query at this base URL.
+    Redirect { to: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Applies to requests whose path and query contain this.
+    pub path_contains: String,
+    /// Applies only to this method (`GET`, `HEAD`), or to any.
+    pub method: Option<String>,
+    pub fault: Fault,
+    /// How many matching requests it applies to; `None` for all.
+    pub times: Option<usize>,
+}
+
+impl Rule {
+    pub fn new(path_contains: &str, fault: Fault) -> Self {
+        Self {
+            path_contains: path_contains.to_owned(),
+            method: None,
+            fault,
+            times: None,
+        }
+    }
+
+    pub fn method(mut self, m: &str) -> Self {
+        self.method = Some(m.to_owned());
+        self
+    }
+
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = Some(n);
+        self
+    }
+}
+
+/// One request as the proxy received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub authorization: Option<String>,
+    pub range: Option<String>,
+}
+
+struct State {
+    upstream: String,
+    rules: Mutex<Vec<Rule>>,
+    seen: Mutex<Vec<Seen>>,
+    client: reqwest::Client,
+}
+
+pub struct FaultProxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    /// A proxy on 127.0.0.1 forwarding to `upstream` (`http://host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        Self::start_on("127.0.0.1", upstream).await
+    }
+
+    /// A proxy on a given loopback address (`127.0.0.2` for "another host").
+    pub async fn start_on(ip: &str, upstream: &str) -> Self {
+        let listener = TcpListener::bind((ip, 0))
+            .await
+            .expect("bind the fault proxy");
+        let addr = listener.local_addr().expect("fault proxy address");
+        let state = Arc::new(State {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            rules: Mutex::new(Vec::new()),
+            seen: Mutex::new(Vec::new()),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .expect("fault proxy client"),
+        });
+        let task_state = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = task_state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn add(&self, rule: Rule) {
+        self.state.rules.lock().expect("rules").push(rule);
+    }
+
+    pub fn clear(&self) {
+        self.state.rules.lock().expect("rules").clear();
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("seen").clone()
+    }
+
+    pub fn reset_seen(&self) {
+        self.state.seen.lock().expect("seen").clear();
+    }
+
+    /// Requests received with this method whose path and query contain `needle`.
+    pub fn count(&self, method: &str, needle: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.method == method && s.path_and_query.contains(needle))
+            .count()
+    }
+}
+
+fn take_fault(state: &State, method: &str, path: &str) -> Option<Fault> {
+    let mut rules = state.rules.lock().expect("rules");
+    let i = rules.iter().position(|r| {
+        path.contains(&r.path_contains)
+            && r.method.as_deref().is_none_or(|m| m == method)
+            && r.times != Some(0)
+    })?;
+    let rule = &mut rules[i];
+    if let Some(n) = rule.times.as_mut() {
+        *n -= 1;
+    }
+    Some(rule.fault.clone())
+}
+
+fn full(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".to_owned());
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    state.seen.lock().expect("seen").push(Seen {
+        method: method.clone(),
+        path_and_query: path.clone(),
+        authorization: header("authorization"),
+        range: header("range"),
+    });
+    let fault = take_fault(state, &method, &path);
+    match &fault {
+        Some(Fault::Status {
+            status,
+            retry_after,
+        }) => {
+            let mut r = full(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"injected\"}]}",
+            );
+            if let Some(after) = retry_after {
+                r.headers_mut()
+                    .insert("retry-after", after.parse().expect("retry-after value"));
+            }
+            return r;
+        }
+        Some(Fault::Redirect { to }) => {
+            let mut r = full(StatusCode::TEMPORARY_REDIRECT, "");
+            r.headers_mut().insert(
+                "location",
+                format!("{}{}", to.trim_end_matches('/'), path)
+                    .parse()
+                    .expect("location value"),
+            );
+            return r;
+        }
+        _ => {}
+    }
+    let mut out = state
+        .client
+        .request(req.method().clone(), format!("{}{}", state.upstream, path));
+    for (name, value) in req.headers() {
+        if !matches!(name.as_str(), "host" | "connection" | "content-length") {
+            out = out.header(name, value);
+        }
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return full(StatusCode::BAD_REQUEST, "bad request body"),
+    };
+    if !body.is_empty() {
+        out = out.body(body);
+    }
+    let resp = match out.send().await {
+        Ok(r) => r,
+        Err(_) => return full(StatusCode::BAD_GATEWAY, "upstream unreachable"),
+    };
+    let mut builder = Response::builder().status(resp.status());
+    for (name, value) in resp.headers() {
+        if !matches!(name.as_str(), "connection" | "transfer-encoding") {
+            builder = builder.header(name, value);
+        }
+    }
+    let mut offset: u64 = 0;
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        let start = offset;
+        offset += chunk.len() as u64;
+        Ok::<_, std::io::Error>((start, chunk))
+    });
+    let body: Body = match fault {
+        Some(Fault::Truncate { after }) => {
+            let s = stream
+                .take_while(move |item| {
+                    let keep = matches!(item, Ok((start, _)) if *start < after);
+                    async move { keep }
+                })
+                .map(move |item| {
+                    let (start, chunk) = item?;
+                    let end = (after - start).min(chunk.len() as u64) as usize;
+                    Ok::<_, std::io::Error>(chunk.slice(..end))
+                })
+                .chain(futures_util::stream::once(async {
+                    Err(std::io::Error::other("injected truncation"))
+                }));
+            StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
+        }
+        Some(Fault::Corrupt { at }) => {
+            let s = stream.map(move |item| {
+                let (start, chunk) = item?;
+                let end = start + chunk.len() as u64;
+                if (start..end).contains(&at) {
+                    let mut v = chunk.to_vec();
+                    v[(at - start) as usize] ^= 0xff;
+                    return Ok(Bytes::from(v));
+                }
+                Ok(chunk)
+            });
+            StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
+        }
+        Some(Fault::Slow { per_chunk }) => {
+            let s = stream.then(move |item| async move {
+                tokio::time::sleep(per_chunk).await;
+                item.map(|(_, c)| c)
+            });
+            StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
+        }
+        _ => {
+            let s = stream.map(|item| item.map(|(_, c)| c));
+            StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
+        }
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| full(StatusCode::BAD_GATEWAY, "bad upstream response"))
+}
