@@ -94,7 +94,9 @@ fn is_host_port(s: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -233,7 +235,9 @@ impl FromStr for Digest {
             _ => return Err(err()),
         };
         let valid_hex = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid_hex {
             return Err(err());
         }
@@ -286,7 +290,9 @@ impl Reference {
             return raw.parse().map(Reference::Digest);
         }
         let b = raw.as_bytes();
-        let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let first_ok = b
+            .first()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
         let rest_ok = b
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
@@ -319,20 +325,44 @@ mod tests {
 
     #[test]
     fn registry_hosts() {
-        assert_eq!(RegistryHost::parse("Index.Docker.IO").unwrap().as_str(), "docker.io");
-        assert_eq!(RegistryHost::parse("registry.example:5000").unwrap().hostname(), "registry.example");
-        assert_eq!(RegistryHost::parse("[::1]:5000").unwrap().hostname(), "[::1]");
-        for bad in ["", "a b", "host:", "host:abc", "-x.io", "a..b", "h:123456", "[zz]:1"] {
+        assert_eq!(
+            RegistryHost::parse("Index.Docker.IO").unwrap().as_str(),
+            "docker.io"
+        );
+        assert_eq!(
+            RegistryHost::parse("registry.example:5000")
+                .unwrap()
+                .hostname(),
+            "registry.example"
+        );
+        assert_eq!(
+            RegistryHost::parse("[::1]:5000").unwrap().hostname(),
+            "[::1]"
+        );
+        for bad in [
+            "", "a b", "host:", "host:abc", "-x.io", "a..b", "h:123456", "[zz]:1",
+        ] {
             assert!(RegistryHost::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn repositories() {
-        for good in ["alpine", "library/alpine", "a/b/c", "a.b", "a__b", "a---b", "x_y", "0"] {
+        for good in [
+            "alpine",
+            "library/alpine",
+            "a/b/c",
+            "a.b",
+            "a__b",
+            "a---b",
+            "x_y",
+            "0",
+        ] {
             assert!(Repository::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "../etc", "a/.."] {
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "../etc", "a/..",
+        ] {
             assert!(Repository::parse(bad).is_err(), "{bad}");
         }
         assert!(Repository::parse(&"a".repeat(256)).is_err());
@@ -342,8 +372,17 @@ mod tests {
     fn digests() {
         let d: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
         assert_eq!(d.algorithm(), DigestAlgorithm::Sha256);
-        assert!(format!("sha512:{}", "0".repeat(128)).parse::<Digest>().is_ok());
-        for bad in ["sha256:abc", "md5:00", &format!("sha256:{}", "A".repeat(64)), "sha256"] {
+        assert!(
+            format!("sha512:{}", "0".repeat(128))
+                .parse::<Digest>()
+                .is_ok()
+        );
+        for bad in [
+            "sha256:abc",
+            "md5:00",
+            &format!("sha256:{}", "A".repeat(64)),
+            "sha256",
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
         assert!(Digest::sha256_of(b"hello").matches(b"hello"));
@@ -355,7 +394,10 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(Reference::parse("latest").unwrap(), Reference::Tag("latest".into()));
+        assert_eq!(
+            Reference::parse("latest").unwrap(),
+            Reference::Tag("latest".into())
+        );
         assert!(Reference::parse(".x").is_err());
         assert!(Reference::parse(&"t".repeat(129)).is_err());
         assert!(matches!(

@@ -11,9 +11,7 @@
 
 use http::Method;
 
-use crate::reference::{
-    Digest, NameError, Reference, RegistryHost, Repository, looks_like_host,
-};
+use crate::reference::{Digest, NameError, Reference, RegistryHost, Repository, looks_like_host};
 
 /// A parsed request to the distribution API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +41,10 @@ pub enum RouteKind {
     /// `/v2/<name>/blobs/<digest>` (end-2).
     Blob(Digest),
     /// `/v2/<name>/tags/list?n=&last=` (end-8).
-    Tags { n: Option<u32>, last: Option<String> },
+    Tags {
+        n: Option<u32>,
+        last: Option<String>,
+    },
     /// `/v2/<name>/referrers/<digest>?artifactType=` (end-12).
     Referrers {
         digest: Digest,
@@ -188,8 +189,7 @@ fn pick_registry<'s>(
         // containerd with `override_path` sends `/v2/<ns>/<name>/…?ns=<ns>`.
         let name = match name.split_first() {
             Some((first, rest))
-                if !rest.is_empty()
-                    && RegistryHost::parse(first).is_ok_and(|h| h == registry) =>
+                if !rest.is_empty() && RegistryHost::parse(first).is_ok_and(|h| h == registry) =>
             {
                 rest
             }
@@ -343,7 +343,10 @@ mod tests {
         assert_eq!(r.repository.as_str(), "org/app");
         assert_eq!(r.style, RouteStyle::Namespace);
         // override_path: the prefix repeats ns and is dropped.
-        let r = read("/v2/docker.io/library/busybox/manifests/latest", Some("ns=docker.io"));
+        let r = read(
+            "/v2/docker.io/library/busybox/manifests/latest",
+            Some("ns=docker.io"),
+        );
         assert_eq!(r.repository.as_str(), "library/busybox");
         // ns with a dotted first namespace component keeps it.
         let r = read("/v2/my.org/app/manifests/1", Some("ns=quay.io"));
@@ -354,7 +357,10 @@ mod tests {
 
     #[test]
     fn path_prefix() {
-        let r = read("/v2/registry.example:5000/team/app/tags/list", Some("n=10&last=b"));
+        let r = read(
+            "/v2/registry.example:5000/team/app/tags/list",
+            Some("n=10&last=b"),
+        );
         assert_eq!(r.registry.as_str(), "registry.example:5000");
         assert_eq!(r.repository.as_str(), "team/app");
         assert_eq!(
@@ -412,9 +418,15 @@ mod tests {
     fn links_keep_the_clients_form() {
         let up = "/v2/team/app/tags/list?n=2&last=b";
         let r = read("/v2/r.example/team/app/tags/list", None);
-        assert_eq!(r.client_link(up).unwrap(), "/v2/r.example/team/app/tags/list?n=2&last=b");
+        assert_eq!(
+            r.client_link(up).unwrap(),
+            "/v2/r.example/team/app/tags/list?n=2&last=b"
+        );
         let r = read("/v2/team/app/tags/list", Some("ns=r.example"));
-        assert_eq!(r.client_link(up).unwrap(), "/v2/team/app/tags/list?n=2&last=b&ns=r.example");
+        assert_eq!(
+            r.client_link(up).unwrap(),
+            "/v2/team/app/tags/list?n=2&last=b&ns=r.example"
+        );
         assert!(r.client_link("https://elsewhere/x").is_none());
     }
 }

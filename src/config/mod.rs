@@ -124,7 +124,10 @@ mod tests {
         let e = Config::from_toml("[server]\nlisten = \"0.0.0.0:1\"\nlisen = 3\n", "x.toml")
             .unwrap_err();
         let text = e.to_string();
-        assert!(text.starts_with("x.toml: line 3, column 1: unknown field `lisen`"), "{text}");
+        assert!(
+            text.starts_with("x.toml: line 3, column 1: unknown field `lisen`"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -144,6 +147,9 @@ mod tests {
             "x.toml",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("unknown key `path` in a secret"), "{e}");
+        assert!(
+            e.to_string().contains("unknown key `path` in a secret"),
+            "{e}"
+        );
     }
 }

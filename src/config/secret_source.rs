@@ -9,8 +9,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::secret::SecretString;
 
@@ -112,9 +112,7 @@ impl<'de> Deserialize<'de> for SecretSource {
                         ));
                     }
                 }
-                found.ok_or_else(|| {
-                    de::Error::custom("a secret table needs `file` or `env`")
-                })
+                found.ok_or_else(|| de::Error::custom("a secret table needs `file` or `env`"))
             }
         }
 

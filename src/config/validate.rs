@@ -39,7 +39,10 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
     for (key, zero) in [
         ("upstream.connect-timeout", up.connect_timeout.is_zero()),
         ("upstream.read-timeout", up.read_timeout.is_zero()),
-        ("credentials.helper-timeout", config.credentials.helper_timeout.is_zero()),
+        (
+            "credentials.helper-timeout",
+            config.credentials.helper_timeout.is_zero(),
+        ),
     ] {
         if zero {
             push(key.to_owned(), "must be longer than 0s".to_owned());
@@ -53,8 +56,14 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
     }
 
     for (list, paths) in [
-        ("credentials.docker-config", &config.credentials.docker_config),
-        ("credentials.kubernetes-secrets", &config.credentials.kubernetes_secrets),
+        (
+            "credentials.docker-config",
+            &config.credentials.docker_config,
+        ),
+        (
+            "credentials.kubernetes-secrets",
+            &config.credentials.kubernetes_secrets,
+        ),
     ] {
         for (i, path) in paths.iter().enumerate() {
             if let Err(e) = std::fs::metadata(path) {
@@ -194,7 +203,10 @@ fn check_credentials(key: &str, reg: &RegistryConfig, push: &mut impl FnMut(Stri
                 if crate::credentials::decode_auth(value.expose()).is_none() {
                     push(
                         format!("{key}.auth"),
-                        format!("value from {} is not base64 of user:password", source.origin()),
+                        format!(
+                            "value from {} is not base64 of user:password",
+                            source.origin()
+                        ),
                     );
                 }
             }

@@ -5,9 +5,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, RETRY_AFTER};
 use http::{HeaderValue, Method, StatusCode};
 
+use super::DEFAULT_MANIFEST_ACCEPT;
 use super::error::{ErrorCode, PullError};
 use super::stream::{ByteStream, Verifying};
-use super::DEFAULT_MANIFEST_ACCEPT;
 use crate::reference::{Digest, Reference};
 use crate::route::{Route, RouteKind};
 use crate::upstream::{Upstream, UpstreamRequest, Upstreams};
@@ -76,7 +76,9 @@ impl PullService {
         let upstream = self.upstreams.get(&route.registry)?;
         let accept = manifest_accept(accept);
         if route.head
-            && let Some(reply) = self.manifest_head(&upstream, route, reference, &accept).await?
+            && let Some(reply) = self
+                .manifest_head(&upstream, route, reference, &accept)
+                .await?
         {
             return Ok(reply);
         }
@@ -147,7 +149,11 @@ impl PullService {
         range: Option<HeaderValue>,
     ) -> Result<BlobReply, PullError> {
         let upstream = self.upstreams.get(&route.registry)?;
-        let method = if route.head { Method::HEAD } else { Method::GET };
+        let method = if route.head {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
         let resp = send(&upstream, route, method, Vec::new(), range).await?;
         let resp = check(resp, &upstream, route).await?;
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
@@ -403,7 +409,6 @@ fn rewrite_link(link: &str, route: &Route) -> Option<String> {
     Some(format!("<{rewritten}>{}", &link[end + 1..]))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,14 +448,20 @@ mod tests {
         let wild = manifest_accept(&v(&["*/*"]));
         assert_eq!(wild.len(), 5);
         assert_eq!(wild[4], "*/*");
-        let docker = v(&["application/vnd.docker.distribution.manifest.v2+json", "*/*"]);
+        let docker = v(&[
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "*/*",
+        ]);
         assert_eq!(manifest_accept(&docker), docker);
     }
 
     #[test]
     fn media_type_probe() {
         assert_eq!(
-            media_type_of(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#).as_deref(),
+            media_type_of(
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#
+            )
+            .as_deref(),
             Some("application/vnd.oci.image.index.v1+json")
         );
         assert_eq!(media_type_of(b"not json"), None);

@@ -127,6 +127,9 @@ mod tests {
         let d = Digest::sha256_of(b"hello");
         let mut s = Verifying::new(stream_of(&[b"hel"]), d, Some(5));
         assert!(s.next().await.unwrap().is_ok());
-        assert_eq!(s.next().await.unwrap().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            s.next().await.unwrap().unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 }

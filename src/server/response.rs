@@ -40,11 +40,15 @@ impl From<UpstreamError> for Failure {
 }
 
 pub fn empty() -> Body {
-    Empty::new().map_err(|never: Infallible| match never {}).boxed_unsync()
+    Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
 }
 
 pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
 }
 
 fn builder(status: StatusCode) -> http::response::Builder {

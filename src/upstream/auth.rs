@@ -46,7 +46,10 @@ pub fn realm_may_receive_credentials(realm: &Url, endpoint: &Url, extra_realms: 
     }
     match (realm_host, endpoint_host) {
         (url::Host::Domain(r), url::Host::Domain(e)) => {
-            match (psl::domain_str(&r.to_ascii_lowercase()), psl::domain_str(&e.to_ascii_lowercase())) {
+            match (
+                psl::domain_str(&r.to_ascii_lowercase()),
+                psl::domain_str(&e.to_ascii_lowercase()),
+            ) {
                 (Some(a), Some(b)) => a == b,
                 _ => false,
             }
@@ -181,7 +184,10 @@ async fn fetch(req: &TokenRequest<'_>) -> Result<Token, UpstreamError> {
                 .finish();
             req.http
                 .post(req.realm.clone())
-                .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
                 .body(body)
         }
         other => {
@@ -267,21 +273,49 @@ mod tests {
 
     fn ok(realm: &str, endpoint: &str, extra: &[&str]) -> bool {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        realm_may_receive_credentials(&Url::parse(realm).unwrap(), &Url::parse(endpoint).unwrap(), &extra)
+        realm_may_receive_credentials(
+            &Url::parse(realm).unwrap(),
+            &Url::parse(endpoint).unwrap(),
+            &extra,
+        )
     }
 
     #[test]
     fn realms_on_the_registrable_domain_only() {
-        assert!(ok("https://auth.docker.io/token", "https://registry-1.docker.io", &[]));
+        assert!(ok(
+            "https://auth.docker.io/token",
+            "https://registry-1.docker.io",
+            &[]
+        ));
         assert!(ok("https://ghcr.io/token", "https://ghcr.io", &[]));
         assert!(ok("http://127.0.0.1:9/token", "http://127.0.0.1:5000", &[]));
-        assert!(!ok("http://127.0.0.2:9/token", "http://127.0.0.1:5000", &[]));
-        assert!(!ok("https://evil.example/token", "https://registry-1.docker.io", &[]));
+        assert!(!ok(
+            "http://127.0.0.2:9/token",
+            "http://127.0.0.1:5000",
+            &[]
+        ));
+        assert!(!ok(
+            "https://evil.example/token",
+            "https://registry-1.docker.io",
+            &[]
+        ));
         // Different customers on one public suffix are different domains.
         assert!(!ok("https://a.github.io/t", "https://b.github.io", &[]));
-        assert!(!ok("http://auth.docker.io/token", "https://registry-1.docker.io", &[]));
-        assert!(ok("https://login.example.net/t", "https://r.example.com", &["login.example.net"]));
-        assert!(ok("https://login.example.net/t", "https://r.example.com", &["https://login.example.net/oauth"]));
+        assert!(!ok(
+            "http://auth.docker.io/token",
+            "https://registry-1.docker.io",
+            &[]
+        ));
+        assert!(ok(
+            "https://login.example.net/t",
+            "https://r.example.com",
+            &["login.example.net"]
+        ));
+        assert!(ok(
+            "https://login.example.net/t",
+            "https://r.example.com",
+            &["https://login.example.net/oauth"]
+        ));
     }
 
     #[test]

@@ -69,7 +69,11 @@ enum Sent {
     Nothing,
     Basic,
     Registry,
-    Token(TokenKey),
+    /// A bearer token; `offered` tells whether the credential went to the realm.
+    Token {
+        key: TokenKey,
+        offered: bool,
+    },
 }
 
 impl Upstream {
@@ -127,7 +131,9 @@ impl Upstream {
                 Ok(r) => tracing::debug!(
                     endpoint = %ep.base, status = %r.status(), "endpoint declined, trying the next"
                 ),
-                Err(e) => tracing::warn!(endpoint = %ep.base, error = %e, "endpoint failed, trying the next"),
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep.base, error = %e, "endpoint failed, trying the next")
+                }
             }
         }
         outcome
@@ -160,7 +166,7 @@ impl Upstream {
                 continue;
             }
             match sent {
-                Sent::Token(key) if !refreshed => {
+                Sent::Token { key, .. } if !refreshed => {
                     tracing::debug!(registry = %self.registry, "token refused, fetching a new one");
                     self.tokens.invalidate(&key).await;
                     refreshed = true;
@@ -171,14 +177,22 @@ impl Upstream {
         Err(self.denied(req, credential, &Sent::Nothing))
     }
 
-    fn denied(&self, req: &UpstreamRequest, credential: Option<&Credential>, sent: &Sent) -> UpstreamError {
+    fn denied(
+        &self,
+        req: &UpstreamRequest,
+        credential: Option<&Credential>,
+        sent: &Sent,
+    ) -> UpstreamError {
         let what = match (credential, sent) {
-            (None, _) => {
-                "requires credentials and stevedore has none for it (add them to its \
+            (None, _) => "requires credentials and stevedore has none for it (add them to its \
                  [registries] section or a configured docker config file)"
+                .to_owned(),
+            (Some(_), Sent::Nothing) => {
+                "answered 401 without a challenge stevedore can answer (no usable \
+                 WWW-Authenticate)"
                     .to_owned()
             }
-            (Some(c), Sent::Nothing) => format!(
+            (Some(c), Sent::Token { offered: false, .. }) => format!(
                 "refused the request; stevedore's {} credentials were not offered because \
                  the token realm is on another domain (list it in auth-realms if it is trusted)",
                 c.kind()
@@ -251,7 +265,11 @@ impl Upstream {
                     scope,
                     credential: offered.map(Credential::fingerprint),
                 };
-                Ok((Some(bearer(token.value.expose())?), Sent::Token(key)))
+                let sent = Sent::Token {
+                    key,
+                    offered: offered.is_some(),
+                };
+                Ok((Some(bearer(token.value.expose())?), sent))
             }
             _ => Ok((None, Sent::Nothing)),
         }
@@ -270,7 +288,8 @@ impl Upstream {
             .join(&req.path)
             .map_err(|e| self.protocol(format!("bad path {}: {e}", req.path)))?;
         if !req.query.is_empty() {
-            url.query_pairs_mut().extend_pairs(req.query.iter().map(|(k, v)| (*k, v.as_str())));
+            url.query_pairs_mut()
+                .extend_pairs(req.query.iter().map(|(k, v)| (*k, v.as_str())));
         }
         for _ in 0..=MAX_REDIRECTS {
             self.check_url(&url)?;
@@ -358,7 +377,8 @@ fn bearer(token: &str) -> Result<HeaderValue, UpstreamError> {
 
 fn basic(username: &str, password: &str) -> Result<HeaderValue, UpstreamError> {
     use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
     sensitive(format!("Basic {encoded}"))
 }
 

@@ -42,9 +42,7 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = all
                 .into_iter()
                 .filter(|a| !is_restricted_ip(a.ip()))
@@ -115,7 +113,8 @@ pub fn build_client(
             b = b.resolve_to_addrs(&host, &addrs);
         }
     }
-    b.build().map_err(|e| ClientBuildError::Build(e.to_string()))
+    b.build()
+        .map_err(|e| ClientBuildError::Build(e.to_string()))
 }
 
 struct ConfiguredProxy {
@@ -140,7 +139,8 @@ fn proxies(
     let mut out = Vec::new();
     for (raw, https_only) in [(https, true), (http, false)] {
         let Some(raw) = raw else { continue };
-        let url = Url::parse(&raw).map_err(|e| ClientBuildError::Proxy(raw.clone(), e.to_string()))?;
+        let url =
+            Url::parse(&raw).map_err(|e| ClientBuildError::Proxy(raw.clone(), e.to_string()))?;
         if points_at_self(&url, ctx.own_listen) {
             tracing::warn!(proxy = %url, "ignoring an outbound proxy that points at stevedore itself");
             continue;
@@ -192,9 +192,21 @@ mod tests {
     #[test]
     fn proxy_loop_detection() {
         let own: SocketAddr = "0.0.0.0:5000".parse().unwrap();
-        assert!(points_at_self(&Url::parse("http://127.0.0.1:5000").unwrap(), own));
-        assert!(points_at_self(&Url::parse("http://localhost:5000").unwrap(), own));
-        assert!(!points_at_self(&Url::parse("http://127.0.0.1:3128").unwrap(), own));
-        assert!(!points_at_self(&Url::parse("http://proxy.corp:5000").unwrap(), own));
+        assert!(points_at_self(
+            &Url::parse("http://127.0.0.1:5000").unwrap(),
+            own
+        ));
+        assert!(points_at_self(
+            &Url::parse("http://localhost:5000").unwrap(),
+            own
+        ));
+        assert!(!points_at_self(
+            &Url::parse("http://127.0.0.1:3128").unwrap(),
+            own
+        ));
+        assert!(!points_at_self(
+            &Url::parse("http://proxy.corp:5000").unwrap(),
+            own
+        ));
     }
 }

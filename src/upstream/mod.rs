@@ -18,7 +18,6 @@ pub use client::{Upstream, UpstreamRequest};
 pub use error::UpstreamError;
 pub use http::{ClientBuildError, ProxyEnv};
 
-
 use crate::config::{Config, RegistryConfig};
 use crate::credentials::CredentialStore;
 use crate::reference::RegistryHost;
@@ -149,4 +148,3 @@ fn endpoints(host: &RegistryHost, reg: &RegistryConfig) -> Vec<Url> {
     };
     Url::parse(&default).into_iter().collect()
 }
-

@@ -35,6 +35,11 @@ pub enum Fault {
     Slow { per_chunk: Duration },
     /// Answer `307` to the same path and query at this base URL.
     Redirect { to: String },
+    /// Answer with this status and these headers, empty body.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +85,8 @@ pub struct Seen {
 
 struct State {
     upstream: String,
+    /// `Authorization` put on every forwarded request (a CDN that signs its own way).
+    inject_authorization: Option<String>,
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
     client: reqwest::Client,
@@ -105,12 +112,18 @@ impl FaultProxy {
 
     /// A proxy on a given loopback address (`127.0.0.2` for "another host").
     pub async fn start_on(ip: &str, upstream: &str) -> Self {
+        Self::start_with(ip, upstream, None).await
+    }
+
+    /// A proxy that replaces any `Authorization` with `authorization` when forwarding.
+    pub async fn start_with(ip: &str, upstream: &str, authorization: Option<String>) -> Self {
         let listener = TcpListener::bind((ip, 0))
             .await
             .expect("bind the fault proxy");
         let addr = listener.local_addr().expect("fault proxy address");
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_owned(),
+            inject_authorization: authorization,
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             client: reqwest::Client::builder()
@@ -232,6 +245,19 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             }
             return r;
         }
+        Some(Fault::Respond { status, headers }) => {
+            let mut r = full(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "",
+            );
+            for (k, v) in headers {
+                r.headers_mut().append(
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                    v.parse().expect("header value"),
+                );
+            }
+            return r;
+        }
         Some(Fault::Redirect { to }) => {
             let mut r = full(StatusCode::TEMPORARY_REDIRECT, "");
             r.headers_mut().insert(
@@ -248,9 +274,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         .client
         .request(req.method().clone(), format!("{}{}", state.upstream, path));
     for (name, value) in req.headers() {
-        if !matches!(name.as_str(), "host" | "connection" | "content-length") {
+        let replaced = name == "authorization" && state.inject_authorization.is_some();
+        if !replaced && !matches!(name.as_str(), "host" | "connection" | "content-length") {
             out = out.header(name, value);
         }
+    }
+    if let Some(auth) = &state.inject_authorization {
+        out = out.header("authorization", auth);
     }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
