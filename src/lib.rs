@@ -13,4 +13,5 @@ pub mod reference;
 pub mod route;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod upstream;

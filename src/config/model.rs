@@ -22,6 +22,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Upstream registries by host name as clients spell it (`docker.io`, `ghcr.io`,
     /// `registry.example:5000`).
     #[serde(default)]
@@ -138,6 +140,108 @@ fn default_helper_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StoreConfig {
+    /// Directory of the content store. Without it stevedore caches nothing and streams every
+    /// request from upstream.
+    pub path: Option<PathBuf>,
+    /// Largest total size of stored content; least-recently-used blobs are evicted past it.
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+    /// How long a tag's digest is trusted before one upstream HEAD revalidates it.
+    #[serde(default = "default_tag_ttl", with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// How old a tag's digest may be when the upstream is unreachable, answers 5xx or 429,
+    /// and stevedore serves it anyway (marked stale).
+    #[serde(default = "default_stale_max_age", with = "humantime_serde")]
+    pub stale_max_age: Duration,
+    /// Longest one blob fill may take, with or without clients still waiting for it.
+    #[serde(default = "default_fill_timeout", with = "humantime_serde")]
+    pub fill_timeout: Duration,
+    /// Times a fill resumes with `Range` after its upstream connection breaks.
+    #[serde(default = "default_fill_retries")]
+    pub fill_retries: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_size: default_max_size(),
+            tag_ttl: default_tag_ttl(),
+            stale_max_age: default_stale_max_age(),
+            fill_timeout: default_fill_timeout(),
+            fill_retries: default_fill_retries(),
+        }
+    }
+}
+
+fn default_max_size() -> ByteSize {
+    ByteSize(20 * 1024 * 1024 * 1024)
+}
+
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_stale_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_fill_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_fill_retries() -> u32 {
+    5
+}
+
+/// A size in bytes, written as a number or with a unit: `"500MiB"`, `"20GiB"`, `"1TB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size (e.g. 500MiB, 20GiB, 1048576)"))?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+        };
+        Ok(Self((value * factor as f64) as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RegistryConfig {
@@ -184,3 +288,18 @@ pub const CREDENTIAL_KEYS: [&str; 5] = [
 
 /// All registries with a section keep this shape; `BTreeMap` keeps messages in a stable order.
 pub type Registries = BTreeMap<String, RegistryConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::ByteSize;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("1048576"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("20GiB"), Ok(ByteSize(20 << 30)));
+        assert_eq!(ByteSize::parse("1.5 KiB"), Ok(ByteSize(1536)));
+        assert_eq!(ByteSize::parse("2GB"), Ok(ByteSize(2_000_000_000)));
+        assert!(ByteSize::parse("lots").is_err());
+        assert!(ByteSize::parse("3 parsecs").is_err());
+    }
+}

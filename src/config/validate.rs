@@ -55,6 +55,29 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         );
     }
 
+    let store = &config.store;
+    if store.max_size.0 < 1024 * 1024 {
+        push(
+            "store.max-size".to_owned(),
+            "must be at least 1MiB".to_owned(),
+        );
+    }
+    if store.fill_timeout.is_zero() {
+        push(
+            "store.fill-timeout".to_owned(),
+            "must be longer than 0s".to_owned(),
+        );
+    }
+    if let Some(path) = &store.path
+        && path.exists()
+        && !path.is_dir()
+    {
+        push(
+            "store.path".to_owned(),
+            format!("{} exists and is not a directory", path.display()),
+        );
+    }
+
     for (list, paths) in [
         (
             "credentials.docker-config",

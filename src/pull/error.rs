@@ -38,7 +38,7 @@ impl ErrorCode {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PullError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -77,4 +77,26 @@ pub enum PullError {
     ManifestTooLarge { registry: String, limit: usize },
     #[error("upstream {registry} sent a response stevedore cannot use: {reason}")]
     BadUpstreamResponse { registry: String, reason: String },
+    /// The content store failed (disk full, permissions).
+    #[error("content store: {0}")]
+    Store(String),
+}
+
+impl From<std::io::Error> for PullError {
+    fn from(e: std::io::Error) -> Self {
+        PullError::Store(e.to_string())
+    }
+}
+
+impl PullError {
+    /// Whether the upstream could not be asked at all (unreachable, 5xx, 429): the cases in
+    /// which stored content is served stale.
+    pub fn is_upstream_unavailable(&self) -> bool {
+        match self {
+            PullError::Upstream(e) => e.is_retryable(),
+            PullError::RateLimited { .. } => true,
+            PullError::UpstreamStatus { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
 }

@@ -1,10 +1,12 @@
 //! The pull engine: every front door (mirror listener, forward proxy, CLI) calls
 //! [`PullService`]. It returns domain values and byte streams and knows nothing of hyper.
 
+mod cached;
 mod error;
 mod service;
 mod stream;
 
+pub use cached::referenced_digests;
 pub use error::{ErrorCode, PullError};
 pub use service::{BlobReply, DocumentReply, ManifestReply, PullService};
 pub use stream::ByteStream;

@@ -10,7 +10,9 @@ use super::error::{ErrorCode, PullError};
 use super::stream::{ByteStream, Verifying};
 use crate::reference::{Digest, Reference};
 use crate::route::{Route, RouteKind};
+use crate::store::{Store, TagRecord};
 use crate::upstream::{Upstream, UpstreamRequest, Upstreams};
+use std::sync::Arc;
 
 /// `Docker-Content-Digest` (distribution spec, "Pulling manifests").
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -25,6 +27,9 @@ pub struct ManifestReply {
     pub size: u64,
     /// `None` for HEAD.
     pub body: Option<Bytes>,
+    /// Served from the store past the tag's freshness because the upstream could not be
+    /// asked (unreachable, 5xx, 429).
+    pub stale: bool,
 }
 
 /// A blob or part of one.
@@ -50,15 +55,57 @@ pub struct DocumentReply {
 }
 
 pub struct PullService {
-    upstreams: Upstreams,
+    pub(super) upstreams: Upstreams,
     max_manifest_bytes: usize,
+    pub(super) store: Option<Arc<Store>>,
+    /// Tag records by registry, repository, tag and Accept key; concurrent revalidations of
+    /// one tag make one upstream request.
+    pub(super) tags: moka::future::Cache<String, TagRecord>,
 }
 
 impl PullService {
-    pub fn new(upstreams: Upstreams, max_manifest_bytes: usize) -> Self {
+    pub fn new(upstreams: Upstreams, max_manifest_bytes: usize, store: Option<Arc<Store>>) -> Self {
+        let ttl = store
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(1), |s| s.config().tag_ttl);
         Self {
             upstreams,
             max_manifest_bytes,
+            store,
+            tags: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(super::cached::TagFreshness { ttl })
+                .build(),
+        }
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// A manifest by tag or digest, from the store when there is one.
+    pub async fn manifest(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestReply, PullError> {
+        match &self.store {
+            Some(store) => self.manifest_cached(store, route, reference, accept).await,
+            None => self.manifest_upstream(route, reference, accept).await,
+        }
+    }
+
+    /// A blob, from the store (filling it on a miss) when there is one.
+    pub async fn blob(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        range: Option<HeaderValue>,
+    ) -> Result<BlobReply, PullError> {
+        match &self.store {
+            Some(store) => self.blob_cached(store, route, digest, range).await,
+            None => self.blob_upstream(route, digest, range).await,
         }
     }
 
@@ -66,8 +113,8 @@ impl PullService {
         &self.upstreams
     }
 
-    /// A manifest by tag or digest. `accept` is the client's list of media types.
-    pub async fn manifest(
+    /// A manifest by tag or digest from upstream. `accept` is the client's list of media types.
+    pub(super) async fn manifest_upstream(
         &self,
         route: &Route,
         reference: &Reference,
@@ -75,6 +122,7 @@ impl PullService {
     ) -> Result<ManifestReply, PullError> {
         let upstream = self.upstreams.get(&route.registry)?;
         let accept = manifest_accept(accept);
+        let upstream = &upstream;
         if route.head
             && let Some(reply) = self
                 .manifest_head(&upstream, route, reference, &accept)
@@ -82,13 +130,13 @@ impl PullService {
         {
             return Ok(reply);
         }
-        let resp = send(&upstream, route, Method::GET, accept, None).await?;
-        let resp = check(resp, &upstream, route).await?;
+        let resp = send(upstream, route, Method::GET, accept, None).await?;
+        let resp = check(resp, upstream, route).await?;
         let header_digest = header_str(resp.headers(), DOCKER_CONTENT_DIGEST)
             .and_then(|d| d.parse::<Digest>().ok());
         let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
-        let body = read_limited(resp, self.max_manifest_bytes, &upstream).await?;
-        let digest = verify_manifest(&upstream, reference, header_digest, &body)?;
+        let body = read_limited(resp, self.max_manifest_bytes, upstream).await?;
+        let digest = verify_manifest(upstream, reference, header_digest, &body)?;
         let media_type = content_type
             .filter(|t| !t.is_empty() && *t != "application/octet-stream")
             .or_else(|| media_type_of(&body))
@@ -98,12 +146,13 @@ impl PullService {
             media_type,
             size: body.len() as u64,
             body: (!route.head).then_some(body),
+            stale: false,
         })
     }
 
     /// HEAD upstream (Docker Hub does not count HEADs against pull limits). `None` when the
     /// answer lacks what a client needs, so the caller falls back to GET.
-    async fn manifest_head(
+    pub(super) async fn manifest_head(
         &self,
         upstream: &Upstream,
         route: &Route,
@@ -134,6 +183,7 @@ impl PullService {
                     media_type,
                     size,
                     body: None,
+                    stale: false,
                 }))
             }
             _ => Ok(None),
@@ -142,7 +192,7 @@ impl PullService {
 
     /// A blob, streamed. A whole-blob GET is verified against its digest on the way: a
     /// mismatch aborts the client's transfer instead of ending it cleanly.
-    pub async fn blob(
+    pub(super) async fn blob_upstream(
         &self,
         route: &Route,
         digest: &Digest,
@@ -218,7 +268,7 @@ impl PullService {
 
 /// The client's `Accept` list, plus the manifest types stevedore understands when the client
 /// named none (`*/*` alone makes distribution 2.8 refuse OCI manifests).
-fn manifest_accept(client: &[String]) -> Vec<String> {
+pub(super) fn manifest_accept(client: &[String]) -> Vec<String> {
     let generic = |t: &String| {
         let t = t.split(';').next().unwrap_or("").trim();
         matches!(t, "*/*" | "application/*" | "application/json" | "")
@@ -230,7 +280,7 @@ fn manifest_accept(client: &[String]) -> Vec<String> {
     out
 }
 
-async fn send(
+pub(super) async fn send(
     upstream: &Upstream,
     route: &Route,
     method: Method,
@@ -249,7 +299,7 @@ async fn send(
 }
 
 /// Maps a non-success upstream status to the error a client should see.
-async fn check(
+pub(super) async fn check(
     resp: reqwest::Response,
     upstream: &Upstream,
     route: &Route,
@@ -322,7 +372,7 @@ fn describe_route(route: &Route) -> String {
     }
 }
 
-fn header_str(headers: &http::HeaderMap, name: &str) -> Option<String> {
+pub(super) fn header_str(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -384,7 +434,7 @@ fn verify_manifest(
 }
 
 /// The `mediaType` field of a manifest, for upstreams that send no usable `Content-Type`.
-fn media_type_of(body: &[u8]) -> Option<String> {
+pub(super) fn media_type_of(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]

@@ -23,6 +23,9 @@ pub struct Verifying {
     expected_len: Option<u64>,
     hasher: Option<Hasher>,
     seen: u64,
+    /// The latest chunk, held back until the next arrives or the content is verified: a
+    /// client must never receive the complete body of wrong content.
+    held: Option<Bytes>,
     on_mismatch: Option<MismatchHook>,
 }
 
@@ -35,6 +38,7 @@ impl Verifying {
             expected_len,
             hasher,
             seen: 0,
+            held: None,
             on_mismatch: None,
         }
     }
@@ -51,41 +55,55 @@ impl Stream for Verifying {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(h) = this.hasher.as_mut() {
-                    h.update(&chunk);
+        loop {
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(h) = this.hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                    this.seen += chunk.len() as u64;
+                    if let Some(previous) = this.held.replace(chunk) {
+                        return Poll::Ready(Some(Ok(previous)));
+                    }
                 }
-                this.seen += chunk.len() as u64;
-                Poll::Ready(Some(Ok(chunk)))
+                Poll::Ready(None) => return Poll::Ready(this.finish()),
+                Poll::Ready(Some(Err(e))) => {
+                    this.hasher = None;
+                    this.held = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(None) => {
-                let Some(hasher) = this.hasher.take() else {
-                    return Poll::Ready(None);
-                };
-                if let Some(len) = this.expected_len
-                    && len != this.seen
-                {
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("upstream sent {} of {len} bytes", this.seen),
-                    ))));
-                }
-                let actual = hasher.finish();
-                if actual == this.expected {
-                    return Poll::Ready(None);
-                }
-                tracing::error!(expected = %this.expected, %actual, "blob digest mismatch: aborting the transfer");
-                if let Some(f) = this.on_mismatch.take() {
-                    f(&actual);
-                }
-                Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("digest mismatch: expected {}, got {actual}", this.expected),
-                ))))
-            }
-            other => other,
         }
+    }
+}
+
+impl Verifying {
+    /// At the end of the input: the held chunk if everything matched, else an error.
+    fn finish(&mut self) -> Option<Result<Bytes, io::Error>> {
+        let hasher = self.hasher.take()?;
+        if let Some(len) = self.expected_len
+            && len != self.seen
+        {
+            self.held = None;
+            return Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("upstream sent {} of {len} bytes", self.seen),
+            )));
+        }
+        let actual = hasher.finish();
+        if actual == self.expected {
+            return self.held.take().map(Ok);
+        }
+        self.held = None;
+        tracing::error!(expected = %self.expected, %actual, "blob digest mismatch: aborting the transfer");
+        if let Some(f) = self.on_mismatch.take() {
+            f(&actual);
+        }
+        Some(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("digest mismatch: expected {}, got {actual}", self.expected),
+        )))
     }
 }
 
@@ -115,8 +133,8 @@ mod tests {
     async fn mismatch_ends_in_an_error() {
         let d = Digest::sha256_of(b"hello world");
         let mut s = Verifying::new(stream_of(&[b"hello ", b"wOrld"]), d, None);
-        assert!(s.next().await.unwrap().is_ok());
-        assert!(s.next().await.unwrap().is_ok());
+        assert_eq!(&s.next().await.unwrap().unwrap()[..], b"hello ");
+        // The last chunk is never delivered: the error comes in its place.
         let err = s.next().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(s.next().await.is_none());
@@ -126,7 +144,6 @@ mod tests {
     async fn short_body_ends_in_an_error() {
         let d = Digest::sha256_of(b"hello");
         let mut s = Verifying::new(stream_of(&[b"hel"]), d, Some(5));
-        assert!(s.next().await.unwrap().is_ok());
         assert_eq!(
             s.next().await.unwrap().unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::credentials::CredentialStore;
 use crate::pull::PullService;
 use crate::reference::RegistryHost;
+use crate::store::Store;
 use crate::upstream::{ProxyEnv, Upstreams};
 use response::Body;
 
@@ -48,8 +49,18 @@ impl AppState {
             .map_err(|e| StartError::Config(format!("routing.default-registry: {e}")))?;
         let credentials = Arc::new(CredentialStore::from_config(config));
         let upstreams = Upstreams::from_config(config, credentials, env)?;
+        let store = Store::open(&config.store).map_err(|e| {
+            StartError::Config(format!(
+                "store.path: cannot open the content store at {}: {e}",
+                config
+                    .store
+                    .path
+                    .as_deref()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            ))
+        })?;
         Ok(Arc::new(Self {
-            pull: PullService::new(upstreams, config.upstream.max_manifest_bytes),
+            pull: PullService::new(upstreams, config.upstream.max_manifest_bytes, store),
             default_registry,
         }))
     }

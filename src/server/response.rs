@@ -21,6 +21,8 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const API_VERSION: &str = "registry/2.0";
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+/// Set on manifests served past their tag's freshness because the upstream was unavailable.
+pub const STALE_HEADER: &str = "x-stevedore-stale";
 /// Seconds a client is told to wait when an upstream rate limits without saying how long.
 const DEFAULT_RETRY_AFTER: &str = "60";
 
@@ -78,6 +80,16 @@ pub fn manifest(m: ManifestReply) -> Response<Body> {
         .header(CONTENT_LENGTH, m.size)
         .header(DOCKER_CONTENT_DIGEST, m.digest.to_string())
         .header(http::header::ETAG, format!("\"{}\"", m.digest));
+    let b = if m.stale {
+        // RFC 9111 §5.5 (obsoleted but still understood): 110 Response is Stale.
+        b.header(
+            http::header::WARNING,
+            "110 stevedore \"stale: upstream unavailable\"",
+        )
+        .header(STALE_HEADER, "true")
+    } else {
+        b
+    };
     finish(b, m.body.map_or_else(empty, full))
 }
 
@@ -187,6 +199,7 @@ fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
             PullError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUnknown)
             }
+            PullError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable),
             PullError::UpstreamStatus { .. }
             | PullError::DigestMismatch { .. }
             | PullError::ManifestTooLarge { .. }

@@ -1,0 +1,230 @@
+//! Streams content from a file that may still be growing: a committed blob, or the temp file
+//! of a fill in progress. Readers follow the fill's progress and never deliver the final byte
+//! before the fill is verified, so a corrupt blob ends in an error, never in a clean end.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::pull::ByteStream;
+
+/// Bytes read per chunk: large enough for throughput, small enough that 64 concurrent
+/// streams stay within a few tens of MiB.
+const CHUNK: u64 = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillState {
+    Running,
+    Committed,
+    Failed(String),
+}
+
+/// How far a fill has got.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub written: u64,
+    pub state: FillState,
+}
+
+/// Something a reader holds until it ends (an eviction pin).
+pub type Guard = Box<dyn Send + Sync>;
+
+struct ReadState {
+    file: Arc<File>,
+    pos: u64,
+    /// Exclusive end asked for (a range), if any.
+    end: Option<u64>,
+    total: Option<u64>,
+    progress: watch::Receiver<Progress>,
+    done: bool,
+    _guard: Option<Guard>,
+}
+
+/// A stream of `[start, end)` of `file`, following `progress`.
+pub fn stream(
+    file: File,
+    start: u64,
+    end: Option<u64>,
+    total: Option<u64>,
+    progress: watch::Receiver<Progress>,
+    guard: Option<Guard>,
+) -> ByteStream {
+    let state = ReadState {
+        file: Arc::new(file),
+        pos: start,
+        end,
+        total,
+        progress,
+        done: false,
+        _guard: guard,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        match next_chunk(&mut st).await {
+            Ok(Some(bytes)) => Some((Ok(bytes), st)),
+            Ok(None) => None,
+            Err(e) => {
+                st.done = true;
+                Some((Err(e), st))
+            }
+        }
+    }))
+}
+
+/// A stream over a committed file of `size` bytes.
+pub fn committed(
+    file: File,
+    size: u64,
+    start: u64,
+    end: Option<u64>,
+    guard: Option<Guard>,
+) -> ByteStream {
+    let (_tx, rx) = watch::channel(Progress {
+        written: size,
+        state: FillState::Committed,
+    });
+    stream(file, start, end, Some(size), rx, guard)
+}
+
+async fn next_chunk(st: &mut ReadState) -> io::Result<Option<Bytes>> {
+    loop {
+        let p = st.progress.borrow_and_update().clone();
+        let committed = match &p.state {
+            FillState::Failed(reason) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, reason.clone()));
+            }
+            FillState::Committed => true,
+            FillState::Running => false,
+        };
+        // Until verified, hold back the last byte of the blob.
+        let deliverable = match (committed, st.total) {
+            (true, _) => p.written,
+            (false, Some(total)) => p.written.min(total.saturating_sub(1)),
+            (false, None) => p.written,
+        };
+        let target = st.end.or(st.total);
+        if let Some(target) = target
+            && st.pos >= target
+        {
+            // A range that stops short of the blob's end needs no verification to finish.
+            let short_range = st.total.is_some_and(|t| target < t);
+            if committed || short_range {
+                return Ok(None);
+            }
+        } else if st.pos >= p.written && committed {
+            return Ok(None);
+        }
+        let limit = target.map_or(deliverable, |t| deliverable.min(t));
+        if st.pos < limit {
+            let len = (limit - st.pos).min(CHUNK);
+            let file = st.file.clone();
+            let pos = st.pos;
+            let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+                let mut buf = vec![0u8; len as usize];
+                let mut filled = 0usize;
+                while filled < buf.len() {
+                    let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                buf.truncate(filled);
+                Ok(buf)
+            })
+            .await
+            .map_err(io::Error::other)??;
+            if bytes.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stored content is shorter than recorded",
+                ));
+            }
+            st.pos += bytes.len() as u64;
+            return Ok(Some(Bytes::from(bytes)));
+        }
+        if st.progress.changed().await.is_err() {
+            // The fill is gone; its last word stands.
+            let last = st.progress.borrow().clone();
+            if last.state == FillState::Running {
+                return Err(io::Error::other("the fill ended without finishing"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::io::Write as _;
+
+    async fn collect(mut s: ByteStream) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn committed_ranges() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"0123456789").unwrap();
+        let open = || File::open(f.path()).unwrap();
+        assert_eq!(
+            collect(committed(open(), 10, 0, None, None)).await.unwrap(),
+            b"0123456789"
+        );
+        assert_eq!(
+            collect(committed(open(), 10, 3, Some(5), None))
+                .await
+                .unwrap(),
+            b"34"
+        );
+        assert_eq!(
+            collect(committed(open(), 10, 8, None, None)).await.unwrap(),
+            b"89"
+        );
+    }
+
+    #[tokio::test]
+    async fn follows_a_growing_file_and_holds_the_last_byte_until_verified() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let (tx, rx) = watch::channel(Progress {
+            written: 0,
+            state: FillState::Running,
+        });
+        let mut s = stream(File::open(f.path()).unwrap(), 0, None, Some(6), rx, None);
+        f.write_all(b"abcdef").unwrap();
+        tx.send_modify(|p| p.written = 6);
+        assert_eq!(&s.next().await.unwrap().unwrap()[..], b"abcde");
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), s.next()).await;
+        assert!(pending.is_err(), "the last byte waits for verification");
+        tx.send_modify(|p| p.state = FillState::Failed("digest mismatch".into()));
+        let err = s.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn ends_after_commit() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"abc").unwrap();
+        let (tx, rx) = watch::channel(Progress {
+            written: 3,
+            state: FillState::Running,
+        });
+        let s = stream(File::open(f.path()).unwrap(), 1, None, None, rx, None);
+        let reader = tokio::spawn(collect(s));
+        tokio::task::yield_now().await;
+        tx.send_modify(|p| p.state = FillState::Committed);
+        assert_eq!(reader.await.unwrap().unwrap(), b"bc");
+    }
+}
