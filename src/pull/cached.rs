@@ -16,7 +16,7 @@ use super::service::{
 };
 use crate::reference::{Digest, Reference};
 use crate::route::{Route, RouteKind};
-use crate::store::{FillSource, Joined, Resume, Store, TagRecord, accept_key, now};
+use crate::store::{FillSource, FillState, Joined, Resume, Store, TagRecord, accept_key, now};
 use crate::upstream::{Upstream, UpstreamRequest};
 
 /// Keeps a tag record in memory for what is left of its freshness.
@@ -354,7 +354,15 @@ impl PullService {
             },
             None => (0, None, None),
         };
-        let body = fill.reader(start, end, Some(store.pin(digest)))?;
+        let body = fill
+            .reader(start, end, Some(store.pin(digest)))
+            .map_err(|e| match fill.state() {
+                FillState::Failed(reason) => PullError::BadUpstreamResponse {
+                    registry: route.registry.to_string(),
+                    reason,
+                },
+                _ => PullError::from(e),
+            })?;
         Ok(BlobReply {
             digest: digest.clone(),
             length: end.or(fill.total).map(|e| e - start),

@@ -214,9 +214,10 @@ impl PullService {
                 reason: "206 without Content-Range".to_owned(),
             });
         }
-        let length = resp.content_length().or_else(|| {
-            header_str(resp.headers(), CONTENT_LENGTH.as_str()).and_then(|l| l.parse().ok())
-        });
+        // The header first: for HEAD, reqwest reports the (empty) body's length.
+        let length = header_str(resp.headers(), CONTENT_LENGTH.as_str())
+            .and_then(|l| l.parse().ok())
+            .or_else(|| resp.content_length());
         let body = if route.head {
             None
         } else {

@@ -8,6 +8,7 @@ mod disk;
 mod evict;
 mod fill;
 mod index;
+pub mod maintenance;
 mod reader;
 
 use std::io;
