@@ -130,20 +130,24 @@ impl fmt::Display for Repository {
     }
 }
 
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`: runs of lowercase letters and digits joined by exactly
+/// one separator (`.`, `_`, `__`, or any number of `-`).
 fn is_path_component(c: &str) -> bool {
     let bytes = c.as_bytes();
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
-        return false;
-    }
     let mut i = 0;
-    while i < bytes.len() {
-        if alnum(bytes[i]) {
+    loop {
+        // One alphanumeric run is required here: at the start and after every separator.
+        let run = i;
+        while i < bytes.len() && alnum(bytes[i]) {
             i += 1;
-            continue;
         }
-        // A separator run: ".", "_", "__" or one or more "-".
+        if i == run {
+            return false;
+        }
+        if i == bytes.len() {
+            return true;
+        }
         let start = i;
         let sep = bytes[i];
         while i < bytes.len() && bytes[i] == sep {
@@ -159,7 +163,6 @@ fn is_path_component(c: &str) -> bool {
             return false;
         }
     }
-    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -125,7 +125,7 @@ impl PullService {
         let upstream = &upstream;
         if route.head
             && let Some(reply) = self
-                .manifest_head(&upstream, route, reference, &accept)
+                .manifest_head(upstream, route, reference, &accept)
                 .await?
         {
             return Ok(reply);

@@ -303,10 +303,19 @@ impl Upstream {
             if let Some(a) = &authorization {
                 b = b.header(AUTHORIZATION, a.clone());
             }
-            let resp = b.send().await.map_err(|e| UpstreamError::Unreachable {
-                registry: self.registry.to_string(),
-                reason: format!("{}: {}", url.host_str().unwrap_or("?"), describe(&e)),
-            })?;
+            let resp = b
+                .send()
+                .await
+                .map_err(|e| match super::http::restricted_name(&e) {
+                    Some(host) => UpstreamError::RestrictedAddress {
+                        registry: self.registry.to_string(),
+                        host,
+                    },
+                    None => UpstreamError::Unreachable {
+                        registry: self.registry.to_string(),
+                        reason: format!("{}: {}", url.host_str().unwrap_or("?"), describe(&e)),
+                    },
+                })?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }

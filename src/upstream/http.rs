@@ -34,6 +34,25 @@ impl ProxyEnv {
     }
 }
 
+/// The resolver's refusal, found again in a request error's source chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to loopback, private or link-local addresses")]
+pub struct RestrictedName {
+    pub host: String,
+}
+
+/// Whether a request failed because its host resolved only to restricted addresses.
+pub fn restricted_name(e: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<RestrictedName>() {
+            return Some(r.host.clone());
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// Resolves names, dropping restricted addresses unless the registry allows them, so a
 /// client cannot steer stevedore to loopback, the LAN or a metadata service through DNS.
 struct GuardedResolver;
@@ -48,10 +67,9 @@ impl Resolve for GuardedResolver {
                 .filter(|a| !is_restricted_ip(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                return Err(format!(
-                    "{host} resolves only to loopback, private or link-local addresses"
-                )
-                .into());
+                return Err(
+                    Box::new(RestrictedName { host }) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
