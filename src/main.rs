@@ -1,9 +1,11 @@
-//! The `stevedore` command: `serve` runs the proxy, `check-config` validates a config file.
+//! The `stevedore` command: `serve` runs the proxy, `check-config` validates a config file,
+//! `prefetch` warms the content store and `cache` maintains it (see `stevedore::cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use stevedore::cli::{self, cache::CacheCommand, prefetch::PrefetchArgs};
 use stevedore::config::Config;
 use stevedore::server::{self, AppState};
 use stevedore::upstream::ProxyEnv;
@@ -28,20 +30,35 @@ enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
+    /// Fetch images (manifests, configs, layers) into the content store through the pull
+    /// engine, verified.
+    Prefetch(PrefetchArgs),
+    /// Inspect and maintain the content store directory (also while a server uses it).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
 }
 
 fn main() -> ExitCode {
     // reqwest and the TLS listeners share one process-wide rustls provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    // The server logs each request; the tools print their own output and log only problems.
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
+        Command::Prefetch(args) => cli::finish(cli::prefetch::run(args)),
+        Command::Cache { command } => cli::finish(cli::cache::run(command)),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
