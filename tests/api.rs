@@ -1201,10 +1201,7 @@ async fn clients_cannot_steer_stevedore_to_restricted_addresses() {
             format!("{base}/v2/{name}:{dead}/team/app/manifests/v1"),
         ] {
             let message = get(&c, &url).await.expect_error(403, "DENIED");
-            assert!(
-                message.contains("loopback, private"),
-                "{url}: {message}"
-            );
+            assert!(message.contains("loopback, private"), "{url}: {message}");
         }
     } else {
         eprintln!("no /etc/hosts name besides localhost resolves to loopback; DNS case skipped");

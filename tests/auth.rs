@@ -470,3 +470,25 @@ async fn the_clients_authorization_is_never_forwarded() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_first_requests_all_answer_the_challenge() {
+    // Every request of a cold start gets a 401; the ones that did not learn the challenge
+    // themselves must still answer it.
+    let registry = Registry::htpasswd("puller", "pw");
+    let image = images::push_image(&registry, "team/app", "v1", &ImageSpec::seed(22)).await;
+    let host = registry.host();
+    for _ in 0..3 {
+        let proxy = Stevedore::start(&registry_section(
+            &host,
+            &registry.url(),
+            &creds("puller", "pw"),
+        ))
+        .await;
+        let firsts = (0..20).map(|_| get(&proxy, &host, "team/app", "manifests/v1"));
+        for r in futures_util::future::join_all(firsts).await {
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.bytes().await.expect("body"), image.manifest_bytes);
+        }
+    }
+}

@@ -38,6 +38,11 @@ impl DiskLayout {
             let mut removed = 0u64;
             for entry in fs::read_dir(&tmp)? {
                 let entry = entry?;
+                // A fill of another live process (a server next to `prefetch`) is left alone.
+                let owner = temp_owner(&entry.file_name().to_string_lossy());
+                if owner.is_some_and(|pid| pid != std::process::id() && process_alive(pid)) {
+                    continue;
+                }
                 if fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
                 }
@@ -178,6 +183,18 @@ impl DiskLayout {
     }
 }
 
+/// The process that wrote a temp file: names are `<algorithm>-<hex16>-<pid>-<n>[.type]`.
+fn temp_owner(name: &str) -> Option<u32> {
+    let name = name.strip_suffix(".type").unwrap_or(name);
+    let mut parts = name.rsplit('-');
+    parts.next()?;
+    parts.next()?.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Content on its way into the store. Dropped without [`TempBlob::commit`], it is removed.
 pub struct TempBlob {
     path: PathBuf,
@@ -307,6 +324,16 @@ mod tests {
         assert_eq!(layout.scan().unwrap().len(), 1);
         layout.remove(&d).unwrap();
         assert!(layout.size(&d).is_none());
+    }
+
+    #[test]
+    fn temp_owners() {
+        assert_eq!(temp_owner("sha256-0123456789abcdef-4242-7"), Some(4242));
+        assert_eq!(
+            temp_owner("sha256-0123456789abcdef-4242-7.type"),
+            Some(4242)
+        );
+        assert_eq!(temp_owner("junk"), None);
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl Upstream {
         credential: Option<&Credential>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut refreshed = false;
+        let mut answered_late = false;
         // Up to three rounds: learn a challenge, present a token, refresh a refused token.
         for _ in 0..3 {
             let (authorization, sent) = self.authorization(ep, &req.repository, credential).await?;
@@ -162,7 +163,11 @@ impl Upstream {
             let learned = pick_challenge(challenges)
                 .map(|c| ep.learn(c))
                 .unwrap_or(false);
-            if learned {
+            // A concurrent request may have learned the challenge first: having sent nothing,
+            // this one answers it now too.
+            let answerable = matches!(sent, Sent::Nothing) && ep.challenge().is_some();
+            if learned || (answerable && !answered_late) {
+                answered_late |= !learned;
                 continue;
             }
             match sent {
