@@ -79,6 +79,11 @@ impl Rule {
 pub struct Seen {
     pub method: String,
     pub path_and_query: String,
+    /// The request target exactly as received: `/v2/…` (origin form), or
+    /// `http://host:port/v2/…` (absolute form) from a client that uses this
+    /// proxy as its outbound HTTP proxy. Either way the request is forwarded
+    /// by path and query to the configured upstream.
+    pub target: String,
     pub authorization: Option<String>,
     pub range: Option<String>,
 }
@@ -226,6 +231,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     state.seen.lock().expect("seen").push(Seen {
         method: method.clone(),
         path_and_query: path.clone(),
+        target: req.uri().to_string(),
         authorization: header("authorization"),
         range: header("range"),
     });

@@ -49,6 +49,10 @@ enum Listen {
 pub struct RegistryBuilder {
     listen: Listen,
     auth: AuthMode,
+    /// `(certificate PEM, key PEM)` paths: serve HTTPS instead of HTTP.
+    tls: Option<(PathBuf, PathBuf)>,
+    /// Storage root to use instead of a fresh one in the registry's tempdir.
+    storage: Option<PathBuf>,
 }
 
 impl RegistryBuilder {
@@ -111,6 +115,26 @@ impl RegistryBuilder {
         self
     }
 
+    /// Serve HTTPS with this certificate (chain) and private key, both PEM
+    /// files (distribution's `http.tls.certificate` / `http.tls.key`); then
+    /// [`Registry::url`] is `https://…`. The files are copied into the
+    /// registry's tempdir at start.
+    pub fn tls(mut self, cert_pem_path: impl AsRef<Path>, key_pem_path: impl AsRef<Path>) -> Self {
+        self.tls = Some((
+            cert_pem_path.as_ref().to_path_buf(),
+            key_pem_path.as_ref().to_path_buf(),
+        ));
+        self
+    }
+
+    /// Use `dir` as the filesystem storage root (e.g. another registry's
+    /// [`Registry::storage_dir`]), so two registries serve the same content —
+    /// one over HTTP for pushing, one over HTTPS for pulling.
+    pub fn storage_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.storage = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
     /// Starts the registry and waits until `GET /v2/` answers.
     pub fn start(self) -> Registry {
         Registry::start(self)
@@ -123,6 +147,8 @@ pub struct Registry {
     addr: SocketAddr,
     dir: TempDir,
     admin: Option<Credentials>,
+    tls: bool,
+    storage: PathBuf,
 }
 
 impl Registry {
@@ -131,6 +157,8 @@ impl Registry {
         RegistryBuilder {
             listen: Listen::FreePort(Ipv4Addr::LOCALHOST),
             auth: AuthMode::Open,
+            tls: None,
+            storage: None,
         }
     }
 
@@ -160,9 +188,10 @@ impl Registry {
         }
     }
 
-    /// `http://<host>`.
+    /// `http://<host>`, or `https://<host>` for [`RegistryBuilder::tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.host())
     }
 
     pub fn port(&self) -> u16 {
@@ -193,7 +222,7 @@ impl Registry {
 
     /// Root of the filesystem storage driver.
     pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("storage")
+        self.storage.clone()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -206,6 +235,11 @@ impl Registry {
             .tempdir()
             .expect("create registry tempdir");
         let auth_yaml = write_auth_files(dir.path(), &cfg.auth);
+        let tls_yaml = write_tls_files(dir.path(), cfg.tls.as_ref());
+        let storage = cfg
+            .storage
+            .clone()
+            .unwrap_or_else(|| dir.path().join("storage"));
         let admin = match &cfg.auth {
             AuthMode::Open => None,
             AuthMode::Htpasswd(users) => users.first().cloned(),
@@ -222,13 +256,20 @@ impl Registry {
                 Listen::Fixed(addr) => addr,
                 Listen::Portless => portless_addr(),
             };
-            match spawn_and_wait(dir.path(), addr, &auth_yaml) {
+            let http = HttpSetup {
+                addr,
+                storage: &storage,
+                tls_yaml: &tls_yaml,
+            };
+            match spawn_and_wait(dir.path(), &http, &auth_yaml) {
                 Ok(child) => {
                     return Registry {
                         child,
                         addr,
                         dir,
                         admin,
+                        tls: cfg.tls.is_some(),
+                        storage,
                     };
                 }
                 Err(failure) => {
@@ -256,10 +297,26 @@ struct StartFailure {
     addr_in_use: bool,
 }
 
+/// Where and how the registry serves and stores.
+struct HttpSetup<'a> {
+    addr: SocketAddr,
+    storage: &'a Path,
+    /// `  tls:` lines under `http:`, or empty for plain HTTP.
+    tls_yaml: &'a str,
+}
+
 /// Writes config for `addr`, spawns the registry and waits for `/v2/`.
-fn spawn_and_wait(dir: &Path, addr: SocketAddr, auth_yaml: &str) -> Result<Child, StartFailure> {
+fn spawn_and_wait(
+    dir: &Path,
+    setup: &HttpSetup<'_>,
+    auth_yaml: &str,
+) -> Result<Child, StartFailure> {
     let config_path = dir.join("config.yml");
-    let storage = dir.join("storage");
+    let HttpSetup {
+        addr,
+        storage,
+        tls_yaml,
+    } = *setup;
     let config = format!(
         "version: 0.1
 log:
@@ -278,7 +335,7 @@ storage:
 http:
   addr: {addr}
   secret: stevedore-test-secret
-health:
+{tls_yaml}health:
   storagedriver:
     enabled: false
 {auth_yaml}",
@@ -324,6 +381,9 @@ health:
         }
         match http_status(addr, &host, "/v2/") {
             Some(200 | 401) => Some(Ok(())),
+            // A TLS listener answers plain HTTP with Go's "400 Client sent an
+            // HTTP request to an HTTPS server": it is up.
+            Some(400) if !tls_yaml.is_empty() => Some(Ok(())),
             _ => None,
         }
     });
@@ -341,6 +401,24 @@ health:
         addr_in_use: log.contains("address already in use"),
         message: format!("registry on {addr} {problem}; log:\n{log}"),
     })
+}
+
+/// Copies the TLS certificate and key into `dir` and returns the `tls:`
+/// lines of the `http:` section (empty without TLS).
+fn write_tls_files(dir: &Path, tls: Option<&(PathBuf, PathBuf)>) -> String {
+    let Some((cert, key)) = tls else {
+        return String::new();
+    };
+    let cert_copy = dir.join("tls-cert.pem");
+    let key_copy = dir.join("tls-key.pem");
+    std::fs::copy(cert, &cert_copy)
+        .unwrap_or_else(|e| panic!("copy TLS certificate {}: {e}", cert.display()));
+    std::fs::copy(key, &key_copy).unwrap_or_else(|e| panic!("copy TLS key {}: {e}", key.display()));
+    format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        cert_copy.display(),
+        key_copy.display()
+    )
 }
 
 /// Creates htpasswd / cert files as needed and returns the `auth:` section.

@@ -17,16 +17,29 @@ pub struct Stevedore {
 impl Stevedore {
     /// Starts stevedore with `config` (TOML; `[server] listen` is ignored).
     pub async fn start(config: &str) -> Self {
+        Self::start_with_env(config, &ProxyEnv::default()).await
+    }
+
+    /// [`Stevedore::start`] with `env` as the process's proxy environment
+    /// (`HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`, read once at start-up by the
+    /// real binary), used by registries with `proxy = "env"` (the default).
+    pub async fn start_with_env(config: &str, env: &ProxyEnv) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind stevedore");
+        Self::start_on(listener, config, env).await
+    }
+
+    /// Starts stevedore serving on `listener` (bound by the caller, so a test
+    /// can write its address into the config, e.g. as `[server] listen`).
+    pub async fn start_on(listener: tokio::net::TcpListener, config: &str, env: &ProxyEnv) -> Self {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let config = match Config::from_toml(config, "test config") {
             Ok(c) => c,
             Err(e) => panic!("test config is invalid:\n{e}"),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind stevedore");
         let addr = listener.local_addr().expect("stevedore address");
-        let state = match AppState::new(&config, &ProxyEnv::default()) {
+        let state = match AppState::new(&config, env) {
             Ok(s) => s,
             Err(e) => panic!("stevedore failed to start: {e}"),
         };

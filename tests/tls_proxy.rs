@@ -1,0 +1,536 @@
+//! Upstream TLS and outbound proxies, against distribution 2.8 served over HTTPS with a
+//! certificate from a test CA (rcgen), and a recording forward proxy (`FaultProxy`, which
+//! accepts absolute-form requests and forwards them by path to its registry).
+//!
+//! TLS: `ca-certs` makes a private CA trusted; without it (or with another CA) the pull is a
+//! 502 naming the certificate problem; `insecure-skip-verify` accepts any certificate; a
+//! `ca-certs` file that holds no certificate is a config error naming the exact key.
+//! Proxies: `proxy = "<url>"` and `proxy = "env"` (the default) send every upstream request
+//! through the proxy in absolute form; `proxy = "none"`, `NO_PROXY` naming the registry, and an
+//! `HTTPS_PROXY` for a plain-HTTP endpoint send nothing through it; a proxy pointing at
+//! stevedore's own listener is ignored instead of looping.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::faults::FaultProxy;
+use common::images::{self, ImageSpec, PushedImage};
+use common::registry::Registry;
+use common::stevedore::{Stevedore, registry_section};
+use common::util::sha256_digest;
+use reqwest::StatusCode;
+use stevedore::config::Config;
+use stevedore::upstream::ProxyEnv;
+use tempfile::TempDir;
+
+const OCI_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// GET `/v2/<repo>/<what>?ns=<host>` through stevedore.
+async fn get(proxy: &Stevedore, host: &str, repo: &str, what: &str) -> reqwest::Response {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("{}/v2/{repo}/{what}?ns={host}", proxy.url()))
+        .header("accept", OCI_ACCEPT)
+        .send()
+        .await
+        .expect("request to stevedore")
+}
+
+/// Pulls the manifest by tag and every blob through stevedore, checking bytes and digests.
+async fn pull_all(proxy: &Stevedore, host: &str, image: &PushedImage) {
+    let r = get(
+        proxy,
+        host,
+        &image.repo,
+        &format!("manifests/{}", image.tag),
+    )
+    .await;
+    let status = r.status();
+    let body = r.bytes().await.expect("manifest body");
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, image.manifest_bytes);
+    assert_eq!(sha256_digest(&body), image.manifest_digest);
+    for digest in all_blobs(image) {
+        let r = get(proxy, host, &image.repo, &format!("blobs/{digest}")).await;
+        let status = r.status();
+        let bytes = r.bytes().await.expect("blob body");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "blob {digest}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(sha256_digest(&bytes), digest);
+    }
+}
+
+fn all_blobs(image: &PushedImage) -> Vec<String> {
+    let mut blobs = image.layer_digests();
+    blobs.push(image.config_digest.clone());
+    blobs
+}
+
+/// Status, code and message of an OCI error response.
+async fn error_of(r: reqwest::Response) -> (StatusCode, String, String) {
+    let status = r.status();
+    let text = r.text().await.expect("error body");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not OCI error JSON ({e}): {text}"));
+    let e = &v["errors"][0];
+    (
+        status,
+        e["code"].as_str().unwrap_or_default().to_owned(),
+        e["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// A TOML string literal for a path.
+fn toml_path(p: &Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+/// A test CA and a server certificate for `127.0.0.1` (IP SAN) signed by it, as PEM files.
+struct Pki {
+    dir: TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("self-sign the CA");
+
+        let server_key = KeyPair::generate().expect("server key");
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&server_key, &ca)
+            .expect("sign the server certificate");
+
+        let dir = tempfile::Builder::new()
+            .prefix("pki-")
+            .tempdir()
+            .expect("pki tempdir");
+        let pki = Pki {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server-key.pem"),
+            dir,
+        };
+        std::fs::write(&pki.ca, ca.pem()).expect("write ca.pem");
+        std::fs::write(&pki.cert, cert.pem()).expect("write server.pem");
+        std::fs::write(&pki.key, server_key.serialize_pem()).expect("write server-key.pem");
+        pki
+    }
+
+    /// A file in the PKI's directory.
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).expect("write test file");
+        path
+    }
+}
+
+/// An image pushed over plain HTTP to one registry and served over HTTPS (certificate from
+/// `pki`) by a second registry on the same storage.
+struct TlsUpstream {
+    pki: Pki,
+    _push: Registry,
+    tls: Registry,
+    image: PushedImage,
+}
+
+impl TlsUpstream {
+    async fn start(seed: u64) -> TlsUpstream {
+        let pki = Pki::new("stevedore");
+        let push = Registry::open();
+        let image = images::push_image(&push, "team/app", "v1", &ImageSpec::seed(seed)).await;
+        let tls = Registry::builder()
+            .tls(&pki.cert, &pki.key)
+            .storage_dir(push.storage_dir())
+            .start();
+        assert!(tls.url().starts_with("https://127.0.0.1:"), "{}", tls.url());
+
+        // The harness itself: HTTPS with the CA works, plain HTTP does not.
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).expect("read ca.pem"))
+            .expect("CA certificate");
+        let trusting = reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_merge([ca])
+            .build()
+            .expect("client trusting the test CA");
+        let r = trusting
+            .get(format!(
+                "{}/v2/team/app/manifests/{}",
+                tls.url(),
+                image.manifest_digest
+            ))
+            .header("accept", OCI_ACCEPT)
+            .send()
+            .await
+            .expect("GET over HTTPS trusting the test CA");
+        assert_eq!(r.status(), StatusCode::OK);
+        let plain = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let r = plain
+            .get(format!("http://{}/v2/", tls.host()))
+            .send()
+            .await
+            .expect("plain HTTP to the TLS port");
+        assert_eq!(
+            r.status(),
+            StatusCode::BAD_REQUEST,
+            "the registry speaks TLS"
+        );
+
+        TlsUpstream {
+            pki,
+            _push: push,
+            tls,
+            image,
+        }
+    }
+
+    fn section(&self, extra: &str) -> String {
+        registry_section(&self.tls.host(), &self.tls.url(), extra)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstream_with_ca_certs_pulls_verified_content() {
+    let up = TlsUpstream::start(301).await;
+    let proxy =
+        Stevedore::start(&up.section(&format!("ca-certs = [{}]", toml_path(&up.pki.ca)))).await;
+    pull_all(&proxy, &up.tls.host(), &up.image).await;
+    // The requests reached the TLS registry (its own access log), not only the push registry.
+    let log = up.tls.log();
+    assert!(
+        log.contains(&format!("/v2/team/app/blobs/{}", up.image.config_digest)),
+        "TLS registry log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstream_with_an_unknown_ca_is_502_naming_the_certificate_problem() {
+    let up = TlsUpstream::start(302).await;
+    let host = up.tls.host();
+    let other = Pki::new("other");
+    for (case, extra) in [
+        ("no ca-certs", String::new()),
+        (
+            "another CA in ca-certs",
+            format!("ca-certs = [{}]", toml_path(&other.ca)),
+        ),
+    ] {
+        let proxy = Stevedore::start(&up.section(&extra)).await;
+        for what in [
+            "manifests/v1".to_owned(),
+            format!("blobs/{}", up.image.config_digest),
+        ] {
+            let (status, code, message) =
+                error_of(get(&proxy, &host, "team/app", &what).await).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{case}, {what}: {message}");
+            assert_eq!(code, "UNAVAILABLE", "{case}, {what}: {message}");
+            assert!(
+                message.contains(&host),
+                "{case}, {what}: names the registry: {message}"
+            );
+            // rustls: "invalid peer certificate: UnknownIssuer".
+            let lower = message.to_ascii_lowercase();
+            assert!(
+                lower.contains("invalid peer certificate") && message.contains("UnknownIssuer"),
+                "{case}, {what}: says the certificate is not trusted: {message}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_skip_verify_accepts_an_untrusted_certificate() {
+    let up = TlsUpstream::start(303).await;
+    let proxy = Stevedore::start(&up.section("insecure-skip-verify = true")).await;
+    pull_all(&proxy, &up.tls.host(), &up.image).await;
+}
+
+#[test]
+fn ca_certs_without_a_certificate_are_a_config_error_naming_the_key() {
+    let pki = Pki::new("config");
+    let not_pem = pki.file("not-pem.txt", "this is not a certificate\n");
+    let bad_block = pki.file(
+        "bad-block.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
+    // A common mistake: the key instead of the certificate.
+    let key_only = pki.key.clone();
+    for (list, bad_index) in [
+        (format!("[{}]", toml_path(&not_pem)), 0),
+        (
+            format!("[{}, {}]", toml_path(&pki.ca), toml_path(&bad_block)),
+            1,
+        ),
+        (format!("[{}]", toml_path(&key_only)), 0),
+    ] {
+        let text = format!(
+            "[registries.\"r.example\"]\nendpoints = [\"https://r.example\"]\nca-certs = {list}\n"
+        );
+        let err = match Config::from_toml(&text, "tls.toml") {
+            Ok(_) => panic!("ca-certs = {list} was accepted"),
+            Err(e) => e,
+        };
+        let bad_path = match bad_index {
+            0 if list.contains("not-pem") => &not_pem,
+            0 => &key_only,
+            _ => &bad_block,
+        };
+        let key = format!("registries.\"r.example\".ca-certs[{bad_index}]");
+        assert_eq!(err.problems.len(), 1, "ca-certs = {list}: {err}");
+        let p = &err.problems[0];
+        assert_eq!(p.key, key, "{err}");
+        assert!(
+            p.message.contains(&bad_path.display().to_string()),
+            "names the file: {err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("tls.toml: {key}: {}", bad_path.display())),
+            "{err}"
+        );
+    }
+
+    // The good CA alone is accepted.
+    let text = format!(
+        "[registries.\"r.example\"]\nendpoints = [\"https://r.example\"]\nca-certs = [{}]\n",
+        toml_path(&pki.ca)
+    );
+    if let Err(e) = Config::from_toml(&text, "tls.toml") {
+        panic!("a PEM CA certificate was refused: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound proxies
+
+/// A plain-HTTP registry with an image, and a recording forward proxy in front of it.
+struct ProxiedUpstream {
+    registry: Registry,
+    forward: FaultProxy,
+    image: PushedImage,
+}
+
+impl ProxiedUpstream {
+    async fn start(seed: u64) -> ProxiedUpstream {
+        let registry = Registry::open();
+        let image = images::push_image(&registry, "team/app", "v1", &ImageSpec::seed(seed)).await;
+        let forward = FaultProxy::start(&registry.url()).await;
+        ProxiedUpstream {
+            registry,
+            forward,
+            image,
+        }
+    }
+
+    fn host(&self) -> String {
+        self.registry.host()
+    }
+
+    fn section(&self, extra: &str) -> String {
+        registry_section(&self.host(), &self.registry.url(), extra)
+    }
+
+    fn env(&self) -> ProxyEnv {
+        ProxyEnv {
+            http: Some(self.forward.url()),
+            https: None,
+            no_proxy: None,
+        }
+    }
+
+    /// Asserts that the forward proxy received the manifest and every blob request, each in
+    /// absolute form for the registry (as a client sends to an HTTP proxy), and nothing else.
+    fn assert_all_proxied(&self, case: &str) {
+        let seen = self.forward.seen();
+        let prefix = format!("http://{}/v2/", self.host());
+        for s in &seen {
+            assert!(
+                s.target.starts_with(&prefix),
+                "{case}: not an absolute-form request for the registry: {s:?}"
+            );
+        }
+        let mut wanted = vec!["/v2/team/app/manifests/v1".to_owned()];
+        wanted.extend(
+            all_blobs(&self.image)
+                .iter()
+                .map(|d| format!("/v2/team/app/blobs/{d}")),
+        );
+        for path in wanted {
+            assert!(
+                seen.iter()
+                    .any(|s| s.method == "GET" && s.path_and_query == path),
+                "{case}: GET {path} did not go through the proxy; it saw {seen:#?}"
+            );
+        }
+    }
+
+    fn assert_none_proxied(&self, case: &str) {
+        let seen = self.forward.seen();
+        assert!(seen.is_empty(), "{case}: the proxy saw {seen:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_proxy_url_carries_every_upstream_request() {
+    let up = ProxiedUpstream::start(311).await;
+    let proxy = Stevedore::start(&up.section(&format!("proxy = \"{}\"", up.forward.url()))).await;
+    pull_all(&proxy, &up.host(), &up.image).await;
+    up.assert_all_proxied("proxy = <url>");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_environment_proxy_is_used_by_default_and_with_proxy_env() {
+    let up = ProxiedUpstream::start(312).await;
+    for (case, extra) in [("no proxy key", ""), ("proxy = \"env\"", "proxy = \"env\"")] {
+        up.forward.reset_seen();
+        let proxy = Stevedore::start_with_env(&up.section(extra), &up.env()).await;
+        pull_all(&proxy, &up.host(), &up.image).await;
+        up.assert_all_proxied(case);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_none_no_proxy_and_https_only_proxies_send_nothing_through_the_proxy() {
+    let up = ProxiedUpstream::start(313).await;
+    let env = up.env();
+    let cases = [
+        // An explicit "none" beats the environment.
+        ("proxy = \"none\"", "proxy = \"none\"", env.clone()),
+        (
+            "NO_PROXY naming the registry host",
+            "",
+            ProxyEnv {
+                no_proxy: Some("127.0.0.1".to_owned()),
+                ..env.clone()
+            },
+        ),
+        (
+            "NO_PROXY list naming the registry host",
+            "",
+            ProxyEnv {
+                no_proxy: Some("example.com, 127.0.0.1".to_owned()),
+                ..env.clone()
+            },
+        ),
+        // HTTPS_PROXY is for https:// endpoints; this one is plain HTTP.
+        (
+            "HTTPS_PROXY only, http:// endpoint",
+            "",
+            ProxyEnv {
+                https: Some(up.forward.url()),
+                http: None,
+                no_proxy: None,
+            },
+        ),
+    ];
+    for (case, extra, env) in cases {
+        up.forward.reset_seen();
+        let proxy = Stevedore::start_with_env(&up.section(extra), &env).await;
+        pull_all(&proxy, &up.host(), &up.image).await;
+        up.assert_none_proxied(case);
+    }
+
+    // Control: a NO_PROXY naming another host leaves the registry proxied.
+    up.forward.reset_seen();
+    let env = ProxyEnv {
+        no_proxy: Some("example.com".to_owned()),
+        ..up.env()
+    };
+    let proxy = Stevedore::start_with_env(&up.section(""), &env).await;
+    pull_all(&proxy, &up.host(), &up.image).await;
+    up.assert_all_proxied("NO_PROXY naming another host");
+}
+
+/// stevedore's real listener is written into the config as `[server] listen`, and the proxy
+/// (configured or from the environment) points at it. Used, it would send
+/// `GET http://<registry>/v2/team/app/…` to stevedore itself, which routes that path to the
+/// default registry (docker.io, not configured) — the pull would fail. Ignored, the registry
+/// is reached directly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_pointing_at_stevedores_own_listener_is_ignored() {
+    let up = ProxiedUpstream::start(314).await;
+    for case in ["configured 127.0.0.1", "environment localhost"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind stevedore");
+        let port = listener.local_addr().expect("address").port();
+        let (extra, env) = if case.starts_with("configured") {
+            (
+                format!("proxy = \"http://127.0.0.1:{port}\""),
+                ProxyEnv::default(),
+            )
+        } else {
+            (
+                String::new(),
+                ProxyEnv {
+                    http: Some(format!("http://localhost:{port}")),
+                    https: None,
+                    no_proxy: None,
+                },
+            )
+        };
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+            up.section(&extra)
+        );
+        let proxy = Stevedore::start_on(listener, &config, &env).await;
+        assert_eq!(proxy.port(), port);
+        pull_all(&proxy, &up.host(), &up.image).await;
+    }
+
+    // Control: the same kind of proxy at *another* stevedore is used, and the pull fails
+    // there as described, so a passing pull above means the proxy was skipped.
+    let other = Stevedore::start(&up.section("")).await;
+    let proxy = Stevedore::start(&up.section(&format!("proxy = \"{}\"", other.url()))).await;
+    let (status, code, message) =
+        error_of(get(&proxy, &up.host(), "team/app", "manifests/v1").await).await;
+    // The other stevedore refuses the unconfigured default registry (403 DENIED), which this
+    // one passes on.
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "DENIED"),
+        "{message}"
+    );
+}
