@@ -116,7 +116,13 @@ fn check_registry(key: &str, reg: &RegistryConfig, push: &mut impl FnMut(String,
             Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
                 Ok(certs) if !certs.is_empty() => {}
                 Ok(_) => push(k, format!("{} holds no PEM certificate", path.display())),
-                Err(e) => push(k, format!("{} is not a PEM bundle: {e}", path.display())),
+                Err(_) => push(
+                    k,
+                    format!(
+                        "{} is not a PEM bundle: a block in it is not a readable certificate",
+                        path.display()
+                    ),
+                ),
             },
         }
     }
