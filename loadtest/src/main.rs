@@ -120,7 +120,7 @@ fn main() -> std::process::ExitCode {
     let outcome = runtime.block_on(async {
         tokio::select! {
             r = run(cli) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            signal = stop_signal() => Err(anyhow::anyhow!("stopped by {signal}")),
         }
     });
     // Dropping the run future above killed the children; give tokio a moment
@@ -132,6 +132,20 @@ fn main() -> std::process::ExitCode {
             eprintln!("loadtest: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (`timeout` sends the latter), so that the
+/// run future is dropped and every child process killed.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 

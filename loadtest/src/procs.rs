@@ -54,6 +54,15 @@ impl Proc {
             .stderr(err)
             .kill_on_drop(true);
         scrub_env(&mut cmd);
+        // SAFETY: the closure runs between fork and exec and only calls
+        // prctl(2), which is async-signal-safe. If loadtest dies without
+        // cleaning up (SIGKILL), the child gets SIGKILL too.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
