@@ -21,5 +21,5 @@ systemctl stop docker-registry >/dev/null 2>&1 || true
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --all-targets -- --test-threads=4
