@@ -129,23 +129,18 @@ impl PullService {
         };
         let reply = self.manifest_upstream(&get, reference, accept).await?;
         let body = reply.body.clone().unwrap_or_default();
-        let (store2, digest, media_type) = (
-            store.clone(),
-            reply.digest.clone(),
-            reply.media_type.clone(),
-        );
+        let (digest, media_type) = (reply.digest.clone(), reply.media_type.clone());
         let (registry, repository) = (route.registry.clone(), route.repository.clone());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            store2.put_manifest(&digest, &body, &media_type)?;
-            let index = store2.index();
+        on_store(store, move |store| {
+            store.put_manifest(&digest, &body, &media_type)?;
+            let index = store.index();
             index.add_member(&registry, &repository, &digest)?;
             for child in referenced_digests(&body) {
                 index.add_member(&registry, &repository, &child)?;
             }
             Ok(())
         })
-        .await
-        .map_err(|e| PullError::Store(e.to_string()))??;
+        .await?;
         Ok(reply)
     }
 
@@ -241,21 +236,18 @@ impl PullService {
             size: reply.size,
             checked_at: now(),
         };
-        let (store2, registry, repo, tag2, key2, rec2) = (
-            store.clone(),
+        let (registry, repo, tag, key, rec) = (
             route.registry.clone(),
             route.repository.clone(),
             tag.to_owned(),
             key.to_owned(),
             record.clone(),
         );
-        tokio::task::spawn_blocking(move || {
-            let index = store2.index();
-            index.put_tag(&registry, &repo, &tag2, &key2, &rec2)?;
-            index.add_member(&registry, &repo, &reply.digest)
+        on_store(store, move |store| {
+            store.index().put_tag(&registry, &repo, &tag, &key, &rec)?;
+            store.index().add_member(&registry, &repo, &reply.digest)
         })
-        .await
-        .map_err(|e| PullError::Store(e.to_string()))??;
+        .await?;
         Ok(record)
     }
 
@@ -417,6 +409,18 @@ impl PullService {
             })
         }
     }
+}
+
+/// Runs store bookkeeping (small file writes) on a blocking thread.
+async fn on_store<T: Send + 'static>(
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, PullError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| PullError::Store(e.to_string()))?
+        .map_err(PullError::from)
 }
 
 fn byte_stream(resp: reqwest::Response) -> ByteStream {

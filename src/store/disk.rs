@@ -55,6 +55,14 @@ impl DiskLayout {
         Ok(layout)
     }
 
+    /// The layout of a store at `root`, without touching the disk (for maintenance next to a
+    /// running server).
+    pub(super) fn at(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -76,7 +84,7 @@ impl DiskLayout {
             .join(hex)
     }
 
-    fn type_path(&self, digest: &Digest) -> PathBuf {
+    pub(super) fn type_path(&self, digest: &Digest) -> PathBuf {
         let mut p = self.path(digest).into_os_string();
         p.push(".type");
         PathBuf::from(p)

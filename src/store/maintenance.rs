@@ -12,7 +12,7 @@ use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::Index;
+use super::{DiskLayout, Index};
 use crate::reference::{Digest, DigestAlgorithm};
 
 /// One committed item of a store.
@@ -71,18 +71,11 @@ impl StoreDir {
 
     /// The committed path of `digest`.
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root
-            .join("blobs")
-            .join(digest.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex)
+        DiskLayout::at(&self.root).path(digest)
     }
 
     fn type_path(&self, digest: &Digest) -> PathBuf {
-        let mut p = self.path(digest).into_os_string();
-        p.push(".type");
-        PathBuf::from(p)
+        DiskLayout::at(&self.root).type_path(digest)
     }
 
     /// Every committed item, and any file that does not belong under `blobs/`.
