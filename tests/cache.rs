@@ -624,3 +624,86 @@ async fn offline_upstream_still_serves_pulled_images_to_real_clients() {
         Some(&b"true"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fill_outlives_the_client_that_started_it() {
+    let s = setup(46, 4 << 20, "").await;
+    let (digest, _) = largest_layer(&s.image);
+    s.faults.add(
+        Rule::new(
+            &format!("/blobs/{digest}"),
+            Fault::Slow {
+                per_chunk: Duration::from_millis(2),
+            },
+        )
+        .method("GET"),
+    );
+    let resp = reqwest::get(url(
+        &s.proxy,
+        &s.host,
+        "team/app",
+        &format!("blobs/{digest}"),
+    ))
+    .await
+    .expect("request");
+    let mut body = resp.bytes_stream();
+    body.next().await.expect("a first chunk").expect("chunk");
+    drop(body); // the client goes away mid-blob
+    let store = s.proxy.state.pull.store().expect("store").clone();
+    let parsed: stevedore::reference::Digest = digest.parse().expect("digest");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.size(&parsed).is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        store.size(&parsed).is_some(),
+        "the fill finished without its client"
+    );
+    assert_eq!(s.faults.count("GET", &format!("/blobs/{digest}")), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttled_or_failing_upstreams_get_stale_tags_and_cached_digests() {
+    let s = setup(47, 1024, "tag-ttl = \"1s\"\nstale-max-age = \"1h\"").await;
+    let client = reqwest::Client::new();
+    let get = |what: String| {
+        client
+            .get(url(&s.proxy, &s.host, "team/app", &what))
+            .header("accept", OCI_ACCEPT)
+            .send()
+    };
+    assert_eq!(
+        get("manifests/v1".into()).await.expect("warm").status(),
+        StatusCode::OK
+    );
+    for (status, retry_after) in [(429, Some("30".to_owned())), (503, None)] {
+        s.faults.clear();
+        s.faults.add(Rule::new(
+            "/manifests/",
+            Fault::Status {
+                status,
+                retry_after,
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = get("manifests/v1".into()).await.expect("tag");
+        assert_eq!(r.status(), StatusCode::OK, "upstream {status}");
+        assert_eq!(
+            r.headers().get("x-stevedore-stale").map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
+        assert!(r.headers().contains_key("warning"));
+        assert_eq!(r.bytes().await.expect("body"), s.image.manifest_bytes);
+        let r = get(format!("manifests/{}", s.image.manifest_digest))
+            .await
+            .expect("digest");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            !r.headers().contains_key("x-stevedore-stale"),
+            "by digest is never stale"
+        );
+    }
+    // A tag never seen before cannot be invented: the upstream's answer stands.
+    let r = get("manifests/other".into()).await.expect("unknown tag");
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+}
