@@ -376,3 +376,52 @@ async fn prefetch_and_cache_errors_are_precise() {
     expect_code(&out, 2, "gc with a bad size");
     assert!(text(&out.stderr).contains("not a size"));
 }
+
+#[test]
+fn check_config_reports_every_problem_with_file_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[store]\nmax-size = \"12 parsecs\"\n[registries.\"r.example\"]\n\
+         endpoints = [\"ftp://r.example\"]\npassword = \"hunter2\"\n",
+    )
+    .expect("write");
+    let out = stevedore(&["check-config", bad.to_str().expect("utf-8 path")]);
+    expect_code(&out, 2, "check-config of a bad file");
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.toml: line 2"), "{err}");
+    assert!(err.contains("unknown size unit"), "{err}");
+    assert!(!err.contains("hunter2"), "a secret in an error: {err}");
+
+    // Once it parses, every semantic problem is listed, each with its key.
+    std::fs::write(
+        &bad,
+        "[registries.\"r.example\"]\nendpoints = [\"ftp://r.example\"]\npassword = \"hunter2\"\n\
+         [registries.\"Bad Host\"]\n",
+    )
+    .expect("write");
+    let out = stevedore(&["check-config", bad.to_str().expect("utf-8 path")]);
+    expect_code(&out, 2, "check-config of a bad file");
+    let err = text(&out.stderr);
+    for needle in [
+        "bad.toml: registries.\"r.example\".endpoints[0]: ftp://r.example/: scheme must be http or https",
+        "bad.toml: registries.\"r.example\".password: needs a username",
+        "bad.toml: registries.\"Bad Host\": invalid registry host",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "a secret in an error: {err}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[registries.\"r.example\"]\n").expect("write");
+    let out = stevedore(&["check-config", good.to_str().expect("utf-8 path")]);
+    expect_code(&out, 0, "check-config of a good file");
+    assert!(text(&out.stdout).contains("good.toml: ok"));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/stevedore.toml");
+    expect_code(
+        &stevedore(&["check-config", example]),
+        0,
+        "the annotated example",
+    );
+}
