@@ -15,4 +15,5 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;

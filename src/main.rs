@@ -102,8 +102,27 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(addr) = config.server.metrics_listen {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (server.metrics-listen): {e}"))?;
+            tracing::info!(listen = %addr, "metrics on /metrics");
+            tokio::spawn(server::serve_metrics(
+                metrics,
+                state.clone(),
+                until_stopped(stopped.clone()),
+            ));
+        }
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
         tracing::info!(listen = %config.server.listen, registries = config.registries.len(), "stevedore serving");
-        server::serve(listener, state, shutdown_signal()).await?;
+        server::serve(listener, state, until_stopped(stopped)).await?;
         tracing::info!("stopped");
         Ok(())
     })

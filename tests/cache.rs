@@ -707,3 +707,53 @@ async fn throttled_or_failing_upstreams_get_stale_tags_and_cached_digests() {
     let r = get("manifests/other".into()).await.expect("unknown tag");
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_cache_results_and_fills() {
+    let s = setup(48, 1 << 20, "").await;
+    let (digest, _) = largest_layer(&s.image);
+    let client = reqwest::Client::new();
+    let target = url(&s.proxy, &s.host, "team/app", &format!("blobs/{digest}"));
+    for _ in 0..2 {
+        let (status, got, _) = fetch_hashed(client.get(&target)).await.expect("blob");
+        assert_eq!((status, got.as_str()), (StatusCode::OK, digest.as_str()));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(stevedore::server::serve_metrics(
+        listener,
+        s.proxy.state.clone(),
+        std::future::pending(),
+    ));
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    for line in [
+        "stevedore_requests_total{method=\"GET\",status=\"200\"} 2",
+        "stevedore_cache_lookups_total{kind=\"blob\",result=\"miss\"} 1",
+        "stevedore_cache_lookups_total{kind=\"blob\",result=\"hit\"} 1",
+        "stevedore_fills_total 1",
+        "stevedore_digest_mismatches_total 0",
+        "stevedore_upstream_requests_total{method=\"GET\"} 1",
+        "stevedore_token_fetches_total 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("stevedore_store_bytes ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    let r = reqwest::get(format!("http://{addr}/other"))
+        .await
+        .expect("other");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

@@ -36,12 +36,17 @@ pub struct ServerConfig {
     /// Address of the mirror listener (OCI distribution API, HTTP/1.1 and h2c).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the metrics listener (`GET /metrics`, Prometheus text format). Off when
+    /// absent; keep it on a private address.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            metrics_listen: None,
         }
     }
 }

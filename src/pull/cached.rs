@@ -85,6 +85,7 @@ impl PullService {
             Reference::Tag(tag) => self.resolve_tag(store, route, tag, accept).await?,
         };
         if let Some((bytes, media_type)) = store.manifest(&digest)? {
+            self.telemetry.cache("manifest", "hit");
             if !store
                 .index()
                 .is_member(&route.registry, &route.repository, &digest)
@@ -103,6 +104,7 @@ impl PullService {
                 stale,
             });
         }
+        self.telemetry.cache("manifest", "miss");
         let mut reply = self
             .fetch_and_store(store, route, &Reference::Digest(digest), accept)
             .await?;
@@ -297,11 +299,13 @@ impl PullService {
                 self.confirm_membership(store, route, digest, &[]).await?;
             }
             if let Some(reply) = serve_stored(store, route, digest, range.as_ref())? {
+                self.telemetry.cache("blob", "hit");
                 return Ok(reply);
             }
         }
         if route.head {
             // Never a full download for a HEAD, and never a false 404 (chained caches).
+            self.telemetry.cache("blob", "miss");
             let reply = self.blob_upstream(route, digest, None).await?;
             store
                 .index()
@@ -320,6 +324,8 @@ impl PullService {
                     .ok_or_else(|| PullError::Store(format!("{digest} vanished after its fill")));
             }
             Joined::Fill { fill, started } => {
+                self.telemetry
+                    .cache("blob", if started { "miss" } else { "joined" });
                 if started {
                     store
                         .index()

@@ -11,6 +11,7 @@ use super::stream::{ByteStream, Verifying};
 use crate::reference::{Digest, Reference};
 use crate::route::{Route, RouteKind};
 use crate::store::{Store, TagRecord};
+use crate::telemetry::Telemetry;
 use crate::upstream::{Upstream, UpstreamRequest, Upstreams};
 use std::sync::Arc;
 
@@ -61,10 +62,16 @@ pub struct PullService {
     /// Tag records by registry, repository, tag and Accept key; concurrent revalidations of
     /// one tag make one upstream request.
     pub(super) tags: moka::future::Cache<String, TagRecord>,
+    pub(super) telemetry: Arc<Telemetry>,
 }
 
 impl PullService {
-    pub fn new(upstreams: Upstreams, max_manifest_bytes: usize, store: Option<Arc<Store>>) -> Self {
+    pub fn new(
+        upstreams: Upstreams,
+        max_manifest_bytes: usize,
+        store: Option<Arc<Store>>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         let ttl = store
             .as_ref()
             .map_or(std::time::Duration::from_secs(1), |s| s.config().tag_ttl);
@@ -76,6 +83,7 @@ impl PullService {
                 .max_capacity(100_000)
                 .expire_after(super::cached::TagFreshness { ttl })
                 .build(),
+            telemetry,
         }
     }
 

@@ -1,7 +1,10 @@
 //! Front doors: listeners that speak HTTP and hand typed routes to the pull engine.
 
+mod metrics;
 pub mod mirror;
 pub mod response;
+
+pub use metrics::serve_metrics;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +24,7 @@ use crate::credentials::CredentialStore;
 use crate::pull::PullService;
 use crate::reference::RegistryHost;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 use crate::upstream::{ProxyEnv, Upstreams};
 use response::Body;
 
@@ -31,6 +35,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct AppState {
     pub pull: PullService,
     pub default_registry: RegistryHost,
+    pub telemetry: Arc<Telemetry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +53,12 @@ impl AppState {
         let default_registry = RegistryHost::parse(&config.routing.default_registry)
             .map_err(|e| StartError::Config(format!("routing.default-registry: {e}")))?;
         let credentials = Arc::new(CredentialStore::from_config(config));
-        let upstreams = Upstreams::from_config(config, credentials, env)?;
+        let telemetry = Arc::new(Telemetry::new());
+        let upstreams = Upstreams::from_config(config, credentials, env, &telemetry)?;
+        let tokens = upstreams.tokens();
+        telemetry.observe_counter(crate::telemetry::names::TOKEN_FETCHES, move || {
+            tokens.fetches()
+        });
         let store = Store::open(&config.store).map_err(|e| {
             StartError::Config(format!(
                 "store.path: cannot open the content store at {}: {e}",
@@ -59,9 +69,18 @@ impl AppState {
                     .map_or_else(String::new, |p| p.display().to_string())
             ))
         })?;
+        if let Some(store) = &store {
+            telemetry.observe_store(store);
+        }
         Ok(Arc::new(Self {
-            pull: PullService::new(upstreams, config.upstream.max_manifest_bytes, store),
+            pull: PullService::new(
+                upstreams,
+                config.upstream.max_manifest_bytes,
+                store,
+                telemetry.clone(),
+            ),
             default_registry,
+            telemetry,
         }))
     }
 }
@@ -127,6 +146,13 @@ async fn handle(
     resp.headers_mut().insert(
         response::API_VERSION_HEADER,
         HeaderValue::from_static(response::API_VERSION),
+    );
+    state.telemetry.requests.add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("method", req.method().to_string()),
+            opentelemetry::KeyValue::new("status", i64::from(resp.status().as_u16())),
+        ],
     );
     tracing::info!(
         %peer,

@@ -60,8 +60,15 @@ pub struct Upstream {
     http: reqwest::Client,
     allow_private: bool,
     extra_realms: Vec<String>,
-    credentials: Arc<CredentialStore>,
-    tokens: Arc<TokenCache>,
+    shared: Arc<Shared>,
+}
+
+/// What every upstream shares: credentials, the token cache, and the request counter.
+pub struct Shared {
+    pub credentials: Arc<CredentialStore>,
+    pub tokens: Arc<TokenCache>,
+    /// Counts every HTTP request sent upstream (retries and redirects included).
+    pub requests: opentelemetry::metrics::Counter<u64>,
 }
 
 /// What was put in `Authorization`, so a refusal can be answered precisely.
@@ -83,8 +90,7 @@ impl Upstream {
         http: reqwest::Client,
         allow_private: bool,
         extra_realms: Vec<String>,
-        credentials: Arc<CredentialStore>,
-        tokens: Arc<TokenCache>,
+        shared: Arc<Shared>,
     ) -> Self {
         Self {
             registry,
@@ -98,8 +104,7 @@ impl Upstream {
             http,
             allow_private,
             extra_realms,
-            credentials,
-            tokens,
+            shared,
         }
     }
 
@@ -111,6 +116,7 @@ impl Upstream {
     /// answer (or error) stands when none does.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<reqwest::Response, UpstreamError> {
         let credential = self
+            .shared
             .credentials
             .lookup(&self.registry, &req.repository)
             .await
@@ -173,7 +179,7 @@ impl Upstream {
             match sent {
                 Sent::Token { key, .. } if !refreshed => {
                     tracing::debug!(registry = %self.registry, "token refused, fetching a new one");
-                    self.tokens.invalidate(&key).await;
+                    self.shared.tokens.invalidate(&key).await;
                     refreshed = true;
                 }
                 sent => return Err(self.denied(req, credential, &sent)),
@@ -254,6 +260,7 @@ impl Upstream {
                 let scope = format!("repository:{repository}:pull");
                 let service = challenge.param("service");
                 let token = self
+                    .shared
                     .tokens
                     .get(TokenRequest {
                         http: &self.http,
@@ -308,6 +315,13 @@ impl Upstream {
             if let Some(a) = &authorization {
                 b = b.header(AUTHORIZATION, a.clone());
             }
+            self.shared.requests.add(
+                1,
+                &[opentelemetry::KeyValue::new(
+                    "method",
+                    req.method.to_string(),
+                )],
+            );
             let resp = b
                 .send()
                 .await

@@ -14,26 +14,26 @@ use url::Url;
 
 pub use auth::{CLIENT_ID, TokenCache, realm_may_receive_credentials};
 pub use challenge::{Challenge, parse as parse_challenge};
-pub use client::{Upstream, UpstreamRequest};
+pub use client::{Shared, Upstream, UpstreamRequest};
 pub use error::UpstreamError;
 pub use http::{ClientBuildError, ProxyEnv};
 
 use crate::config::{Config, RegistryConfig};
 use crate::credentials::CredentialStore;
 use crate::reference::RegistryHost;
+use crate::telemetry::Telemetry;
 
 /// All upstream registries stevedore may talk to.
 pub struct Upstreams {
     configured: HashMap<RegistryHost, Arc<Upstream>>,
     /// Present when unknown registries are allowed: built on first use, kept for a while.
     unknown: Option<UnknownRegistries>,
-    tokens: Arc<TokenCache>,
+    shared: Arc<Shared>,
 }
 
 struct UnknownRegistries {
     cache: moka::sync::Cache<RegistryHost, Arc<Upstream>>,
     http: reqwest::Client,
-    credentials: Arc<CredentialStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +48,13 @@ impl Upstreams {
         config: &Config,
         credentials: Arc<CredentialStore>,
         env: &ProxyEnv,
+        telemetry: &Telemetry,
     ) -> Result<Self, BuildError> {
-        let tokens = Arc::new(TokenCache::default());
+        let shared = Arc::new(Shared {
+            credentials,
+            tokens: Arc::new(TokenCache::default()),
+            requests: telemetry.upstream_requests.clone(),
+        });
         let ctx = http::ClientContext {
             upstream: &config.upstream,
             env,
@@ -71,8 +76,7 @@ impl Upstreams {
                 client,
                 reg.allow_private_network,
                 reg.auth_realms.clone(),
-                credentials.clone(),
-                tokens.clone(),
+                shared.clone(),
             );
             configured.insert(host, Arc::new(upstream));
         }
@@ -89,7 +93,6 @@ impl Upstreams {
                     .time_to_idle(std::time::Duration::from_secs(3600))
                     .build(),
                 http,
-                credentials,
             })
         } else {
             None
@@ -97,7 +100,7 @@ impl Upstreams {
         Ok(Self {
             configured,
             unknown,
-            tokens,
+            shared,
         })
     }
 
@@ -118,15 +121,19 @@ impl Upstreams {
                 unknown.http.clone(),
                 false,
                 Vec::new(),
-                unknown.credentials.clone(),
-                self.tokens.clone(),
+                self.shared.clone(),
             ))
         }))
     }
 
     /// Token requests made so far, across all registries.
     pub fn token_fetches(&self) -> u64 {
-        self.tokens.fetches()
+        self.shared.tokens.fetches()
+    }
+
+    /// The token cache, for metrics.
+    pub fn tokens(&self) -> Arc<TokenCache> {
+        self.shared.tokens.clone()
     }
 }
 

@@ -1,0 +1,268 @@
+//! Metrics: every instrument is named here and recorded through OpenTelemetry. A periodic
+//! reader hands them to an exporter that renders the Prometheus text format, which
+//! `[server] metrics-listen` serves (flushed on every scrape, so numbers are current).
+//!
+//! Labels hold only bounded, non-secret values: methods, status codes, kinds, results.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Meter, MeterProvider as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+
+use crate::store::Store;
+
+/// Instrument names (Prometheus replaces `.` with `_` and adds `_total` to counters).
+pub mod names {
+    /// Requests answered by the mirror listener; labels `method`, `status`.
+    pub const REQUESTS: &str = "stevedore.requests";
+    /// Requests sent to upstream registries by the engine; label `method`.
+    pub const UPSTREAM_REQUESTS: &str = "stevedore.upstream.requests";
+    /// Store lookups; labels `kind` (manifest, blob), `result` (hit, miss, joined).
+    pub const CACHE_LOOKUPS: &str = "stevedore.cache.lookups";
+    /// Token requests made to token realms.
+    pub const TOKEN_FETCHES: &str = "stevedore.token.fetches";
+    /// Blob fills started.
+    pub const FILLS: &str = "stevedore.fills";
+    /// Fill resumes after a broken upstream connection.
+    pub const FILL_RESUMES: &str = "stevedore.fill.resumes";
+    /// Fills whose content did not match its digest (discarded, readers aborted).
+    pub const DIGEST_MISMATCHES: &str = "stevedore.digest.mismatches";
+    /// Items evicted from the store.
+    pub const EVICTIONS: &str = "stevedore.evictions";
+    /// Bytes received from upstreams into the store.
+    pub const UPSTREAM_BYTES: &str = "stevedore.upstream.bytes";
+    /// Bytes of content in the store.
+    pub const STORE_BYTES: &str = "stevedore.store.bytes";
+}
+
+/// Reads one of the store's counters.
+type StoreCounter = fn(&Store) -> u64;
+
+/// How often metrics are exported when nobody scrapes.
+const EXPORT_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The metrics of one stevedore instance.
+pub struct Telemetry {
+    provider: SdkMeterProvider,
+    snapshot: Snapshot,
+    meter: Meter,
+    pub requests: Counter<u64>,
+    pub upstream_requests: Counter<u64>,
+    pub cache_lookups: Counter<u64>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The exporter: keeps the latest export rendered as Prometheus text.
+#[derive(Debug, Clone, Default)]
+struct Snapshot(Arc<Mutex<String>>);
+
+impl PushMetricExporter for Snapshot {
+    fn export(
+        &self,
+        metrics: &ResourceMetrics,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let text = render(metrics);
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = text;
+        std::future::ready(Ok(()))
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let snapshot = Snapshot::default();
+        let reader = PeriodicReader::builder(snapshot.clone())
+            .with_interval(EXPORT_INTERVAL)
+            .build();
+        let provider = SdkMeterProvider::builder().with_reader(reader).build();
+        let meter = provider.meter("stevedore");
+        Self {
+            requests: meter.u64_counter(names::REQUESTS).build(),
+            upstream_requests: meter.u64_counter(names::UPSTREAM_REQUESTS).build(),
+            cache_lookups: meter.u64_counter(names::CACHE_LOOKUPS).build(),
+            provider,
+            snapshot,
+            meter,
+        }
+    }
+
+    /// Counts one lookup in the store.
+    pub fn cache(&self, kind: &'static str, result: &'static str) {
+        self.cache_lookups.add(
+            1,
+            &[KeyValue::new("kind", kind), KeyValue::new("result", result)],
+        );
+    }
+
+    /// Reports the store's own counters (read when metrics are collected).
+    pub fn observe_store(&self, store: &Arc<Store>) {
+        let counters: [(&'static str, StoreCounter); 5] = [
+            (names::FILLS, |s| load(&s.stats.fills)),
+            (names::FILL_RESUMES, |s| load(&s.stats.resumes)),
+            (names::DIGEST_MISMATCHES, |s| {
+                load(&s.stats.digest_mismatches)
+            }),
+            (names::EVICTIONS, |s| load(&s.stats.evictions)),
+            (names::UPSTREAM_BYTES, |s| load(&s.stats.upstream_bytes)),
+        ];
+        for (name, read) in counters {
+            let store = Arc::downgrade(store);
+            self.meter
+                .u64_observable_counter(name)
+                .with_callback(move |o| {
+                    if let Some(s) = store.upgrade() {
+                        o.observe(read(&s), &[]);
+                    }
+                })
+                .build();
+        }
+        let store = Arc::downgrade(store);
+        self.meter
+            .u64_observable_gauge(names::STORE_BYTES)
+            .with_callback(move |o| {
+                if let Some(s) = store.upgrade() {
+                    o.observe(s.summary().bytes, &[]);
+                }
+            })
+            .build();
+    }
+
+    /// Reports a counter kept elsewhere (token fetches).
+    pub fn observe_counter(
+        &self,
+        name: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.meter
+            .u64_observable_counter(name)
+            .with_callback(move |o| o.observe(read(), &[]))
+            .build();
+    }
+
+    /// All metrics in the Prometheus text exposition format, collected now. Blocks briefly
+    /// (the reader's thread collects): call it off the async threads.
+    pub fn render(&self) -> String {
+        if let Err(e) = self.provider.force_flush() {
+            tracing::warn!(error = %e, "collecting metrics failed");
+        }
+        self.snapshot
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn render(rm: &ResourceMetrics) -> String {
+    let mut out = String::new();
+    for scope in rm.scope_metrics() {
+        for metric in scope.metrics() {
+            let base = metric.name().replace(['.', '-'], "_");
+            match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                    let (name, kind) = if sum.is_monotonic() {
+                        (format!("{base}_total"), "counter")
+                    } else {
+                        (base.clone(), "gauge")
+                    };
+                    let _ = writeln!(out, "# TYPE {name} {kind}");
+                    for p in sum.data_points() {
+                        let _ = writeln!(out, "{name}{} {}", labels(p.attributes()), p.value());
+                    }
+                }
+                AggregatedMetrics::U64(MetricData::Gauge(gauge)) => {
+                    let _ = writeln!(out, "# TYPE {base} gauge");
+                    for p in gauge.data_points() {
+                        let _ = writeln!(out, "{base}{} {}", labels(p.attributes()), p.value());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
+    let parts: Vec<String> = attrs
+        .map(|kv| {
+            let value = kv
+                .value
+                .as_str()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{}=\"{value}\"", kv.key.as_str().replace(['.', '-'], "_"))
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let t = Telemetry::new();
+        t.requests.add(
+            2,
+            &[
+                KeyValue::new("method", "GET"),
+                KeyValue::new("status", "200"),
+            ],
+        );
+        t.cache("blob", "hit");
+        t.observe_counter(names::TOKEN_FETCHES, || 7);
+        let text = t.render();
+        assert!(
+            text.contains("# TYPE stevedore_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stevedore_requests_total{method=\"GET\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stevedore_cache_lookups_total{kind=\"blob\",result=\"hit\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("stevedore_token_fetches_total 7"), "{text}");
+    }
+}
