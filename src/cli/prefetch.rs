@@ -27,10 +27,10 @@ const IMAGES_AT_A_TIME: usize = 4;
 /// `stevedore prefetch`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Prefetch into a store that no server is using at the moment, or \
-    accept that opening the store removes unfinished fills in its tmp/ directory, which breaks \
-    a running server's downloads in progress.\n\nExit status: 0 when every image was stored, \
-    1 when any failed, 2 for a bad config or image name."
+    after_help = "A running server's store may be warmed: its fills in progress are left \
+    alone, and both commit verified content by atomic rename (the server's size accounting \
+    catches up at its restart).\n\nExit status: 0 when every image was stored, 1 when any \
+    failed, 2 for a bad config or image name."
 )]
 pub struct PrefetchArgs {
     /// Configuration file (TOML); needs a `[store] path`.
