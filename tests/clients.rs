@@ -138,3 +138,72 @@ async fn oci_client_through_path_prefix_mirror() {
     assert_eq!(pulled.manifest_digest, pushed.manifest_digest);
     assert_eq!(pulled.layer_digests, pushed.layer_digests());
 }
+
+/// `podman pull` through a registries.conf path-prefix mirror (what CRI-O reads too), with a
+/// private storage root; the primary location is unreachable so only stevedore can serve.
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_through_path_prefix_mirror() {
+    let tokens = TokenServer::builder()
+        .user("puller", "pull-pw", &["team/"])
+        .start();
+    let registry = Registry::builder().portless().token(&tokens).start();
+    let pushed = images::push_image(
+        &registry,
+        "team/pod",
+        "v5",
+        &ImageSpec::seed(5).small_layers(2),
+    )
+    .await;
+    let host = registry.host();
+    let proxy = Stevedore::start(&registry_section(
+        &host,
+        &registry.url(),
+        &format!(
+            "username = \"puller\"\npassword = \"pull-pw\"\nauth-realms = [\"{}\"]",
+            tokens.url()
+        ),
+    ))
+    .await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        common::clients::mirror_registries_conf(
+            &host,
+            "127.0.0.1:1",
+            &format!("127.0.0.1:{}/{host}", proxy.port()),
+        ),
+    )
+    .expect("registries.conf");
+    let auth = dir.path().join("auth.json");
+    std::fs::write(&auth, "{}").expect("auth.json");
+    let root = dir.path().join("root");
+    let runroot = dir.path().join("runroot");
+    let mut cmd = tokio::process::Command::new("podman");
+    cmd.env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .env("REGISTRY_AUTH_FILE", &auth)
+        .env("HOME", dir.path())
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .arg("--root")
+        .arg(&root)
+        .arg("--runroot")
+        .arg(&runroot)
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
+        ])
+        .args(["pull", "--quiet"])
+        .arg(format!("{host}/team/pod:v5"));
+    let out = common::util::run_checked(cmd)
+        .await
+        .unwrap_or_else(|e| panic!("podman through stevedore failed: {e}"));
+    // `podman pull --quiet` prints the image (config) ID.
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(format!("sha256:{id}"), pushed.config_digest);
+}

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-need=(docker-registry skopeo containerd ca-certificates apache2-utils openssl tar gzip)
+need=(docker-registry skopeo containerd podman ca-certificates apache2-utils openssl tar gzip)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
