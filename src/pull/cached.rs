@@ -160,11 +160,12 @@ impl PullService {
         let key = accept_key(&accept);
         let cache_key = format!("{}/{}:{tag}#{key}", route.registry, route.repository);
         let index = store.index();
-        let previous = index.get_tag(&route.registry, &route.repository, tag, &key);
         let ttl = store.config().tag_ttl;
+        // A fresh record in memory answers without touching the disk or the upstream.
         let outcome = self
             .tags
             .try_get_with(cache_key, async {
+                let previous = index.get_tag(&route.registry, &route.repository, tag, &key);
                 if let Some(rec) = &previous
                     && rec.age() < ttl
                     && store.size_of_manifest(rec)
@@ -175,26 +176,24 @@ impl PullService {
                     .await
             })
             .await;
-        match outcome {
-            Ok(rec) => Ok((parse_digest(&rec)?, false)),
-            Err(e) => {
-                let e = (*e).clone();
-                match previous {
-                    Some(rec)
-                        if e.is_upstream_unavailable()
-                            && rec.age() <= store.config().stale_max_age
-                            && store.size_of_manifest(&rec) =>
-                    {
-                        tracing::warn!(
-                            registry = %route.registry, repository = %route.repository, tag,
-                            age_s = rec.age().as_secs(), error = %e,
-                            "upstream unavailable: serving the tag's last known digest (stale)"
-                        );
-                        Ok((parse_digest(&rec)?, true))
-                    }
-                    _ => Err(e),
-                }
+        let e = match outcome {
+            Ok(rec) => return Ok((parse_digest(&rec)?, false)),
+            Err(e) => (*e).clone(),
+        };
+        match index.get_tag(&route.registry, &route.repository, tag, &key) {
+            Some(rec)
+                if e.is_upstream_unavailable()
+                    && rec.age() <= store.config().stale_max_age
+                    && store.size_of_manifest(&rec) =>
+            {
+                tracing::warn!(
+                    registry = %route.registry, repository = %route.repository, tag,
+                    age_s = rec.age().as_secs(), error = %e,
+                    "upstream unavailable: serving the tag's last known digest (stale)"
+                );
+                Ok((parse_digest(&rec)?, true))
             }
+            _ => Err(e),
         }
     }
 
