@@ -16,7 +16,9 @@ use super::service::{
 };
 use crate::reference::{Digest, Reference};
 use crate::route::{Route, RouteKind};
-use crate::store::{FillSource, FillState, Joined, Resume, Store, TagRecord, accept_key, now};
+use crate::store::{
+    FillSource, FillState, Joined, Resume, Store, Stored, TagRecord, accept_key, now,
+};
 use crate::upstream::{Upstream, UpstreamRequest};
 
 /// Keeps a tag record in memory for what is left of its freshness.
@@ -293,14 +295,12 @@ impl PullService {
         let member = store
             .index()
             .is_member(&route.registry, &route.repository, digest);
-        if store.size(digest).is_some() {
+        if let Some(stored) = store.open_blob(digest)? {
             if !member {
                 self.confirm_membership(store, route, digest, &[]).await?;
             }
-            if let Some(reply) = serve_stored(store, route, digest, range.as_ref())? {
-                self.telemetry.cache("blob", "hit");
-                return Ok(reply);
-            }
+            self.telemetry.cache("blob", "hit");
+            return serve_stored(stored, route, digest, range.as_ref());
         }
         if route.head {
             // Never a full download for a HEAD, and never a false 404 (chained caches).
@@ -319,8 +319,10 @@ impl PullService {
                 if !member {
                     self.confirm_membership(store, route, digest, &[]).await?;
                 }
-                return serve_stored(store, route, digest, range.as_ref())?
-                    .ok_or_else(|| PullError::Store(format!("{digest} vanished after its fill")));
+                let stored = store
+                    .open_blob(digest)?
+                    .ok_or_else(|| PullError::Store(format!("{digest} vanished after its fill")))?;
+                return serve_stored(stored, route, digest, range.as_ref());
             }
             Joined::Fill { fill, started } => {
                 self.telemetry
@@ -335,20 +337,9 @@ impl PullService {
                 fill
             }
         };
+        // Without a known size a range cannot be placed: the whole blob is the answer.
         let (start, end, content_range) = match fill.total {
-            Some(total) => match span(range.as_ref(), total) {
-                Span::Whole => (0, None, None),
-                Span::Part { start, end } => (
-                    start,
-                    Some(end),
-                    Some(format!("bytes {start}-{}/{total}", end - 1)),
-                ),
-                Span::Unsatisfiable => {
-                    return Err(PullError::RangeNotSatisfiable {
-                        content_range: Some(format!("bytes */{total}")),
-                    });
-                }
-            },
+            Some(total) => resolve_span(range.as_ref(), total)?,
             None => (0, None, None),
         };
         let body = fill
@@ -433,46 +424,47 @@ fn byte_stream(resp: reqwest::Response) -> ByteStream {
     Box::pin(resp.bytes_stream().map_err(std::io::Error::other))
 }
 
-/// Serves committed content; `None` if it was evicted meanwhile.
+/// Serves committed content.
 fn serve_stored(
-    store: &Store,
+    stored: Stored,
     route: &Route,
     digest: &Digest,
     range: Option<&HeaderValue>,
-) -> Result<Option<BlobReply>, PullError> {
-    let Some(size) = store.size(digest) else {
-        return Ok(None);
-    };
+) -> Result<BlobReply, PullError> {
+    let size = stored.size;
     if route.head {
-        return Ok(Some(BlobReply {
+        return Ok(BlobReply {
             digest: digest.clone(),
             content_range: None,
             length: Some(size),
             body: None,
-        }));
+        });
     }
-    let (start, end, content_range) = match span(range, size) {
-        Span::Whole => (0, None, None),
-        Span::Part { start, end } => (
-            start,
-            Some(end),
-            Some(format!("bytes {start}-{}/{size}", end - 1)),
-        ),
-        Span::Unsatisfiable => {
-            return Err(PullError::RangeNotSatisfiable {
-                content_range: Some(format!("bytes */{size}")),
-            });
-        }
-    };
-    let Some((body, size)) = store.read(digest, start, end)? else {
-        return Ok(None);
-    };
-    Ok(Some(BlobReply {
+    let (start, end, content_range) = resolve_span(range, size)?;
+    Ok(BlobReply {
         digest: digest.clone(),
         content_range,
         length: Some(end.unwrap_or(size) - start),
-        body: Some(body),
-    }))
+        body: Some(stored.stream(start, end)),
+    })
+}
+
+/// Start, exclusive end and `Content-Range` for a `Range` against content of `total` bytes.
+fn resolve_span(
+    range: Option<&HeaderValue>,
+    total: u64,
+) -> Result<(u64, Option<u64>, Option<String>), PullError> {
+    match span(range, total) {
+        Span::Whole => Ok((0, None, None)),
+        Span::Part { start, end } => Ok((
+            start,
+            Some(end),
+            Some(format!("bytes {start}-{}/{total}", end - 1)),
+        )),
+        Span::Unsatisfiable => Err(PullError::RangeNotSatisfiable {
+            content_range: Some(format!("bytes */{total}")),
+        }),
+    }
 }
 
 fn parse_digest(rec: &TagRecord) -> Result<Digest, PullError> {

@@ -222,10 +222,7 @@ impl PullService {
                 reason: "206 without Content-Range".to_owned(),
             });
         }
-        // The header first: for HEAD, reqwest reports the (empty) body's length.
-        let length = header_str(resp.headers(), CONTENT_LENGTH.as_str())
-            .and_then(|l| l.parse().ok())
-            .or_else(|| resp.content_length());
+        let length = content_length(&resp);
         let body = if route.head {
             None
         } else {
@@ -233,13 +230,7 @@ impl PullService {
             Some(if partial {
                 raw
             } else {
-                let registry = route.registry.to_string();
-                let expected = digest.clone();
-                Box::pin(
-                    Verifying::new(raw, digest.clone(), length).on_mismatch(move |actual| {
-                        tracing::error!(%registry, %expected, %actual, "upstream sent a corrupt blob");
-                    }),
-                ) as ByteStream
+                Box::pin(Verifying::new(raw, digest.clone(), length)) as ByteStream
             })
         };
         Ok(BlobReply {
@@ -267,11 +258,6 @@ impl PullService {
             link,
             filters_applied,
         })
-    }
-
-    /// Token requests made so far (for tests and metrics).
-    pub fn token_fetches(&self) -> u64 {
-        self.upstreams.token_fetches()
     }
 }
 
@@ -379,6 +365,14 @@ fn describe_route(route: &Route) -> String {
         RouteKind::Tags { .. } => format!("tags of {repo}"),
         RouteKind::Referrers { digest, .. } => format!("referrers of {digest} in {repo}"),
     }
+}
+
+/// The response's `Content-Length`: the header first, since for HEAD reqwest reports the
+/// (empty) body's length.
+pub(super) fn content_length(resp: &reqwest::Response) -> Option<u64> {
+    header_str(resp.headers(), CONTENT_LENGTH.as_str())
+        .and_then(|l| l.parse().ok())
+        .or_else(|| resp.content_length())
 }
 
 pub(super) fn header_str(headers: &http::HeaderMap, name: &str) -> Option<String> {

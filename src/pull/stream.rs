@@ -11,9 +11,6 @@ use crate::reference::{Digest, Hasher};
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
-/// Told the actual digest of content that did not match.
-type MismatchHook = Box<dyn FnOnce(&Digest) + Send>;
-
 /// Passes bytes through while hashing them; at the end, a digest or size mismatch becomes an
 /// error instead of a clean end, so the client's transfer is aborted rather than completed
 /// with wrong content.
@@ -26,7 +23,6 @@ pub struct Verifying {
     /// The latest chunk, held back until the next arrives or the content is verified: a
     /// client must never receive the complete body of wrong content.
     held: Option<Bytes>,
-    on_mismatch: Option<MismatchHook>,
 }
 
 impl Verifying {
@@ -39,14 +35,7 @@ impl Verifying {
             hasher,
             seen: 0,
             held: None,
-            on_mismatch: None,
         }
-    }
-
-    /// Called with the actual digest when it does not match.
-    pub fn on_mismatch(mut self, f: impl FnOnce(&Digest) + Send + 'static) -> Self {
-        self.on_mismatch = Some(Box::new(f));
-        self
     }
 }
 
@@ -97,9 +86,6 @@ impl Verifying {
         }
         self.held = None;
         tracing::error!(expected = %self.expected, %actual, "blob digest mismatch: aborting the transfer");
-        if let Some(f) = self.on_mismatch.take() {
-            f(&actual);
-        }
         Some(Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("digest mismatch: expected {}, got {actual}", self.expected),

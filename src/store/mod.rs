@@ -46,6 +46,20 @@ pub struct StoreSummary {
     pub fills_in_flight: usize,
 }
 
+/// Committed content, open: its size is known and it cannot be truncated by eviction.
+pub struct Stored {
+    file: std::fs::File,
+    pub size: u64,
+    pin: Guard,
+}
+
+impl Stored {
+    /// A stream of `[start, end)`.
+    pub fn stream(self, start: u64, end: Option<u64>) -> ByteStream {
+        reader::committed(self.file, self.size, start, end, Some(self.pin))
+    }
+}
+
 pub struct Store {
     layout: DiskLayout,
     index: Index,
@@ -119,22 +133,17 @@ impl Store {
         Ok(())
     }
 
-    /// A stream of committed content `[start, end)`, pinned while it is read.
-    pub fn read(
-        &self,
-        digest: &Digest,
-        start: u64,
-        end: Option<u64>,
-    ) -> io::Result<Option<(ByteStream, u64)>> {
+    /// Opens committed content, pinned against eviction until it is streamed and dropped.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<Stored>> {
         let Some(file) = self.layout.open_blob(digest)? else {
             return Ok(None);
         };
         let size = file.metadata()?.len();
-        let pin: Guard = Box::new(self.lru.pin(digest));
-        Ok(Some((
-            reader::committed(file, size, start, end, Some(pin)),
+        Ok(Some(Stored {
+            file,
             size,
-        )))
+            pin: Box::new(self.lru.pin(digest)),
+        }))
     }
 
     /// A pin for readers of a fill (effective once it commits).

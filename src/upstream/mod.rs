@@ -126,11 +126,6 @@ impl Upstreams {
         }))
     }
 
-    /// Token requests made so far, across all registries.
-    pub fn token_fetches(&self) -> u64 {
-        self.shared.tokens.fetches()
-    }
-
     /// The token cache, for metrics.
     pub fn tokens(&self) -> Arc<TokenCache> {
         self.shared.tokens.clone()
