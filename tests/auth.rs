@@ -8,57 +8,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::faults::{Fault, FaultProxy, Rule};
-use common::images::{self, ImageSpec, PushedImage};
+use common::images::{self, ImageSpec};
 use common::registry::Registry;
 use common::stevedore::{Stevedore, registry_section};
 use common::token_server::{Access, TokenServer};
 use reqwest::StatusCode;
 
-const OCI_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// GET (or HEAD) `/v2/<repo>/<kind>/<reference>?ns=<host>` through stevedore.
-async fn get(proxy: &Stevedore, host: &str, repo: &str, what: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .get(format!("{}/v2/{repo}/{what}?ns={host}", proxy.url()))
-        .header("accept", OCI_ACCEPT)
-        .send()
-        .await
-        .expect("request to stevedore")
-}
-
-/// Pulls the manifest by tag and every blob through stevedore, checking digests.
-async fn pull_all(proxy: &Stevedore, host: &str, image: &PushedImage) {
-    let r = get(
-        proxy,
-        host,
-        &image.repo,
-        &format!("manifests/{}", image.tag),
-    )
-    .await;
-    let status = r.status();
-    let body = r.bytes().await.expect("manifest body");
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(body, image.manifest_bytes);
-    let mut blobs = image.layer_digests();
-    blobs.push(image.config_digest.clone());
-    for digest in blobs {
-        let r = get(proxy, host, &image.repo, &format!("blobs/{digest}")).await;
-        assert_eq!(r.status(), StatusCode::OK, "blob {digest}");
-        let bytes = r.bytes().await.expect("blob body");
-        assert_eq!(common::util::sha256_digest(&bytes), digest);
-    }
-}
-
-async fn error_of(r: reqwest::Response) -> (StatusCode, String, String) {
-    let status = r.status();
-    let v: serde_json::Value = r.json().await.expect("OCI error JSON");
-    let e = &v["errors"][0];
-    (
-        status,
-        e["code"].as_str().unwrap_or_default().to_owned(),
-        e["message"].as_str().unwrap_or_default().to_owned(),
-    )
-}
+use common::pulls::{OCI_ACCEPT, error_of, get, pull_all};
 
 fn creds(user: &str, pass: &str) -> String {
     format!("username = \"{user}\"\npassword = \"{pass}\"")
