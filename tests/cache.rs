@@ -757,3 +757,25 @@ async fn metrics_count_requests_cache_results_and_fills() {
         .expect("other");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_for_missing_blobs_leave_no_fill_state_behind() {
+    let s = setup(49, 1024, "").await;
+    let client = reqwest::Client::new();
+    for i in 0..20u8 {
+        let missing = format!("sha256:{}", format!("{i:02x}").repeat(32));
+        let r = client
+            .get(url(
+                &s.proxy,
+                &s.host,
+                "team/app",
+                &format!("blobs/{missing}"),
+            ))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    let store = s.proxy.state.pull.store().expect("store");
+    assert_eq!(store.summary().fills_in_flight, 0);
+}

@@ -110,6 +110,15 @@ impl Fills {
             .remove(digest);
     }
 
+    /// Removes `slot` if it is still the table's entry and nobody else waits on it.
+    fn forget_unused(&self, digest: &Digest, slot: &Slot) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // The table and the caller hold the only references: no waiter is left behind.
+        if slots.get(digest).is_some_and(|s| Arc::ptr_eq(s, slot)) && Arc::strong_count(slot) == 2 {
+            slots.remove(digest);
+        }
+    }
+
     pub fn in_flight(&self) -> usize {
         self.slots
             .lock()
@@ -131,7 +140,28 @@ impl Store {
         E: From<io::Error>,
     {
         let slot = self.fills.slot(digest);
-        let mut current = slot.lock().await;
+        let outcome = {
+            let mut current = slot.lock().await;
+            self.join_or_start_locked(&mut current, digest, start).await
+        };
+        // A slot that got no fill (an upstream error, content already stored) must not stay
+        // behind: clients probing missing digests would grow the table without bound.
+        if !matches!(outcome, Ok(Joined::Fill { .. })) {
+            self.fills.forget_unused(digest, &slot);
+        }
+        outcome
+    }
+
+    async fn join_or_start_locked<E, F>(
+        self: &Arc<Self>,
+        current: &mut Option<Arc<Fill>>,
+        digest: &Digest,
+        start: F,
+    ) -> Result<Joined, E>
+    where
+        F: Future<Output = Result<FillSource, E>>,
+        E: From<io::Error>,
+    {
         if let Some(fill) = current.as_ref() {
             match fill.state() {
                 FillState::Running => {
