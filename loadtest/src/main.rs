@@ -21,23 +21,42 @@ use crate::scenarios::{Name, Params};
 use crate::setup::{REPO, TAG};
 use crate::targets::{Bins, Kind, Target, World};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// What to run: every scenario, one of them (named as in [`Name`]), or the setup alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum What {
     /// Every scenario, in order.
     All,
-    #[value(name = "warm-1")]
-    Warm1,
-    #[value(name = "warm-32")]
-    Warm32,
-    #[value(name = "cold-32")]
-    Cold32,
-    #[value(name = "tag-head")]
-    TagHead,
-    #[value(name = "rss-64")]
-    Rss64,
+    One(Name),
     /// Start origin and targets, print their URLs, and wait (for manual
     /// experiments) until Ctrl-C or --hold-secs.
     Setup,
+}
+
+impl clap::ValueEnum for What {
+    fn value_variants<'a>() -> &'a [Self] {
+        const VARIANTS: [What; 7] = [
+            What::All,
+            What::One(Name::ALL[0]),
+            What::One(Name::ALL[1]),
+            What::One(Name::ALL[2]),
+            What::One(Name::ALL[3]),
+            What::One(Name::ALL[4]),
+            What::Setup,
+        ];
+        &VARIANTS
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            What::All => {
+                Some(clap::builder::PossibleValue::new("all").help("Every scenario, in order"))
+            }
+            What::One(name) => name.to_possible_value(),
+            What::Setup => Some(clap::builder::PossibleValue::new("setup").help(
+                "Start origin and targets, print their URLs, and wait until Ctrl-C or --hold-secs",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -243,11 +262,7 @@ async fn run(cli: Cli) -> Result<()> {
 
     let names: Vec<Name> = match cli.what {
         What::All | What::Setup => Name::ALL.to_vec(),
-        What::Warm1 => vec![Name::Warm1],
-        What::Warm32 => vec![Name::Warm32],
-        What::Cold32 => vec![Name::Cold32],
-        What::TagHead => vec![Name::TagHead],
-        What::Rss64 => vec![Name::Rss64],
+        What::One(name) => vec![name],
     };
     let mut results = Vec::new();
     for name in names {
