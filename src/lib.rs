@@ -5,6 +5,7 @@
 //! engine (`pull`) serves it from upstream registries (`upstream`) with central credentials
 //! (`credentials`). See `docs/architecture.md`.
 
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -246,7 +246,8 @@ async fn fetch_blob_inner(
         .map_err(|e| e.to_string())?;
     let mut body = reply
         .body
-        .ok_or_else(|| "the engine answered without a body".to_owned())?;
+        .ok_or_else(|| "the engine answered without a body".to_owned())?
+        .stream;
     let mut received = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| format!("transfer failed after {received} bytes: {e}"))?;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::image::ImageRef;
 use super::platform::{PlatformSpec, describe};
 use super::progress::Progress;
-use crate::pull::{DEFAULT_MANIFEST_ACCEPT, PullService};
+use crate::pull::{ManifestAccept, PullService};
 use crate::reference::{Digest, Reference};
 use crate::route::RouteKind;
 
@@ -143,10 +143,7 @@ pub async fn resolve(
     platforms: &[PlatformSpec],
     progress: &Progress,
 ) -> Result<Plan, String> {
-    let accept: Vec<String> = DEFAULT_MANIFEST_ACCEPT
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let accept = ManifestAccept::default();
     let mut plan = Plan {
         manifests: 0,
         blobs: Vec::new(),
@@ -157,7 +154,7 @@ pub async fn resolve(
     while let Some((reference, depth)) = queue.pop_front() {
         let route = image.route(RouteKind::Manifest(reference.clone()));
         let reply = pull
-            .manifest(&route, &reference, &accept)
+            .manifest(&route, &reference, accept)
             .await
             .map_err(|e| e.to_string())?;
         let body = reply

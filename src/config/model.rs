@@ -167,6 +167,14 @@ pub struct StoreConfig {
     /// Times a fill resumes with `Range` after its upstream connection breaks.
     #[serde(default = "default_fill_retries")]
     pub fill_retries: u32,
+    /// Most blob transfers from upstreams at once (fills, and misses streamed without being
+    /// stored). Past it, a miss is answered `503` with `Retry-After`.
+    #[serde(default = "default_max_concurrent_fills")]
+    pub max_concurrent_fills: usize,
+    /// Free space the store's file system keeps. Below it nothing new is stored (misses are
+    /// streamed from upstream, verified, without being kept); cached content is still served.
+    #[serde(default = "default_min_free_space")]
+    pub min_free_space: ByteSize,
 }
 
 impl Default for StoreConfig {
@@ -178,6 +186,8 @@ impl Default for StoreConfig {
             stale_max_age: default_stale_max_age(),
             fill_timeout: default_fill_timeout(),
             fill_retries: default_fill_retries(),
+            max_concurrent_fills: default_max_concurrent_fills(),
+            min_free_space: default_min_free_space(),
         }
     }
 }
@@ -200,6 +210,14 @@ fn default_fill_timeout() -> Duration {
 
 fn default_fill_retries() -> u32 {
     5
+}
+
+fn default_max_concurrent_fills() -> usize {
+    64
+}
+
+fn default_min_free_space() -> ByteSize {
+    ByteSize(256 * 1024 * 1024)
 }
 
 /// A size in bytes, written as a number or with a unit: `"500MiB"`, `"20GiB"`, `"1TB"`.

@@ -62,6 +62,12 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
             "must be at least 1MiB".to_owned(),
         );
     }
+    if store.max_concurrent_fills == 0 {
+        push(
+            "store.max-concurrent-fills".to_owned(),
+            "must be at least 1".to_owned(),
+        );
+    }
     if store.fill_timeout.is_zero() {
         push(
             "store.fill-timeout".to_owned(),

@@ -77,9 +77,35 @@ pub enum PullError {
     ManifestTooLarge { registry: String, limit: usize },
     #[error("upstream {registry} sent a response stevedore cannot use: {reason}")]
     BadUpstreamResponse { registry: String, reason: String },
-    /// The content store failed (disk full, permissions).
+    /// The content store failed (permissions, I/O errors).
     #[error("content store: {0}")]
     Store(String),
+    /// The content store's file system is full.
+    #[error("content store is full: {0}")]
+    StoreFull(String),
+    /// All `store.max-concurrent-fills` upstream transfers are running.
+    #[error(
+        "stevedore is running as many upstream transfers as it allows \
+         (store.max-concurrent-fills); retry shortly"
+    )]
+    Busy,
+    /// Another request's upstream exchange, which this one waited for, took too long.
+    #[error("no answer from upstream {registry} for {what} within {after_s}s")]
+    Timeout {
+        registry: String,
+        what: String,
+        after_s: u64,
+    },
+}
+
+impl PullError {
+    pub fn timeout(route: &crate::route::Route, after: std::time::Duration) -> Self {
+        PullError::Timeout {
+            registry: route.registry.to_string(),
+            what: route.repository.to_string(),
+            after_s: after.as_secs(),
+        }
+    }
 }
 
 impl From<std::io::Error> for PullError {
@@ -94,7 +120,7 @@ impl PullError {
     pub fn is_upstream_unavailable(&self) -> bool {
         match self {
             PullError::Upstream(e) => e.is_retryable(),
-            PullError::RateLimited { .. } => true,
+            PullError::RateLimited { .. } | PullError::Timeout { .. } => true,
             PullError::UpstreamStatus { status, .. } => status.is_server_error(),
             _ => false,
         }

@@ -1,20 +1,19 @@
 //! The pull engine: every front door (mirror listener, forward proxy, CLI) calls
 //! [`PullService`]. It returns domain values and byte streams and knows nothing of hyper.
 
-mod cached;
+mod accept;
+mod blobs;
 mod error;
+mod flight;
+mod manifests;
+mod range;
+mod scope;
 mod service;
 mod stream;
+mod wire;
 
-pub use cached::referenced_digests;
+pub use accept::{MANIFEST_TYPES, ManifestAccept};
 pub use error::{ErrorCode, PullError};
+pub use range::{ByteRange, Span};
+pub use scope::referenced_digests;
 pub use service::{BlobReply, DocumentReply, ManifestReply, PullService};
-pub use stream::ByteStream;
-
-/// Manifest media types asked for when a client sends no `Accept`.
-pub const DEFAULT_MANIFEST_ACCEPT: [&str; 4] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];

@@ -7,9 +7,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 
+use crate::body::ByteStream;
 use crate::reference::{Digest, Hasher};
-
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
 /// Passes bytes through while hashing them; at the end, a digest or size mismatch becomes an
 /// error instead of a clean end, so the client's transfer is aborted rather than completed

@@ -6,6 +6,7 @@ use http::{HeaderMap, Request, Response};
 
 use super::AppState;
 use super::response::{self, Body, Failure};
+use crate::pull::{ByteRange, ManifestAccept};
 use crate::route::{self, ApiRequest, Route, RouteContext, RouteKind};
 
 pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, Failure> {
@@ -28,12 +29,20 @@ pub async fn read(
 ) -> Result<Response<Body>, Failure> {
     match &route.kind {
         RouteKind::Manifest(reference) => {
-            let accept = accept_list(headers);
-            let m = state.pull.manifest(route, reference, &accept).await?;
+            let accept = ManifestAccept::parse(
+                headers
+                    .get_all(ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            );
+            let m = state.pull.manifest(route, reference, accept).await?;
             Ok(response::manifest(m))
         }
         RouteKind::Blob(digest) => {
-            let range = headers.get(RANGE).cloned();
+            let range = headers
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ByteRange::parse);
             let b = state.pull.blob(route, digest, range).await?;
             Ok(response::blob(b))
         }
@@ -41,32 +50,5 @@ pub async fn read(
             let doc = state.pull.document(route).await?;
             Ok(response::document(doc, route.head))
         }
-    }
-}
-
-/// The client's media types, one per entry, from any number of comma-joined `Accept` lines.
-fn accept_list(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_lines_are_split() {
-        let mut h = HeaderMap::new();
-        h.append(ACCEPT, "a/b, c/d".parse().unwrap());
-        h.append(ACCEPT, "e/f".parse().unwrap());
-        h.append(ACCEPT, "*/*".parse().unwrap());
-        assert_eq!(accept_list(&h), vec!["a/b", "c/d", "e/f", "*/*"]);
     }
 }

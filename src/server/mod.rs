@@ -73,12 +73,7 @@ impl AppState {
             telemetry.observe_store(store);
         }
         Ok(Arc::new(Self {
-            pull: PullService::new(
-                upstreams,
-                config.upstream.max_manifest_bytes,
-                store,
-                telemetry.clone(),
-            ),
+            pull: PullService::new(upstreams, &config.upstream, store, telemetry.clone()),
             default_registry,
             telemetry,
         }))

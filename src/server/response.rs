@@ -110,7 +110,7 @@ pub fn blob(reply: BlobReply) -> Response<Body> {
         b = b.header(CONTENT_RANGE, range);
     }
     let body = match reply.body {
-        Some(stream) => BodyExt::boxed_unsync(StreamBody::new(stream.map_ok(Frame::data))),
+        Some(body) => BodyExt::boxed_unsync(StreamBody::new(body.stream.map_ok(Frame::data))),
         None => empty(),
     };
     finish(b, body)
@@ -200,6 +200,10 @@ fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
                 (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUnknown)
             }
             PullError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable),
+            PullError::StoreFull(_) | PullError::Busy => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
+            PullError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable),
             PullError::UpstreamStatus { .. }
             | PullError::DigestMismatch { .. }
             | PullError::ManifestTooLarge { .. }
@@ -219,6 +223,8 @@ fn retry_after(failure: &Failure) -> Option<HeaderValue> {
             retry_after: Some(r),
             ..
         }) => r.as_str(),
+        Failure::Pull(PullError::Busy) => "1",
+        Failure::Pull(PullError::StoreFull(_)) => "60",
         _ => return None,
     };
     HeaderValue::from_str(value).ok()

@@ -139,6 +139,19 @@ impl DiskLayout {
     /// Stores small content (a manifest) whole: verified, fsynced, renamed.
     pub fn put(&self, digest: &Digest, bytes: &[u8], media_type: Option<&str>) -> io::Result<()> {
         if self.size(digest).is_some() {
+            // Stored as a blob first (a manifest asked for under /blobs/): record its type.
+            if let Some(mt) = media_type
+                && self.media_type(digest).is_none()
+            {
+                let tmp = self.tmp_dir().join(format!(
+                    "{}-{}-{}-type",
+                    digest.algorithm().as_str(),
+                    &digest.hex()[..16],
+                    std::process::id()
+                ));
+                fs::write(&tmp, mt)?;
+                fs::rename(&tmp, self.type_path(digest))?;
+            }
             return Ok(());
         }
         let mut t = self.temp(digest)?;

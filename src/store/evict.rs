@@ -1,23 +1,32 @@
-//! Size accounting and least-recently-used eviction. Content that is being read is pinned and
-//! never evicted; even if it were, readers hold an open file, which POSIX keeps readable
-//! after unlink, so no response is ever truncated by eviction (distribution #2367).
+//! Size accounting and least-recently-used eviction.
+//!
+//! Content being read is pinned and never chosen for eviction. Pins are counted per digest
+//! whether or not the digest is stored yet, so readers that join a fill in progress protect
+//! the blob from the moment it commits, and a pin released later never cancels another
+//! reader's pin. Fills in progress reserve the bytes they announced, so temp files count
+//! against `max-size` too. Choosing victims is done under the lock; removing their files is
+//! not: the caller gets the victims back and unlinks them on a blocking thread.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::reference::Digest;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entry {
     size: u64,
     last_use: u64,
-    pins: usize,
 }
 
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<Digest, Entry>,
+    /// Readers per digest, stored or not.
+    pins: HashMap<Digest, usize>,
+    /// Bytes of committed content.
     total: u64,
+    /// Bytes announced by fills in progress.
+    reserved: u64,
     clock: u64,
 }
 
@@ -36,9 +45,26 @@ pub struct Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         let mut s = self.lru.lock();
-        if let Some(e) = s.entries.get_mut(&self.digest) {
-            e.pins = e.pins.saturating_sub(1);
+        if let Some(n) = s.pins.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                s.pins.remove(&self.digest);
+            }
         }
+    }
+}
+
+/// Bytes a fill in progress holds against the size bound; released when dropped (the
+/// committed size is then accounted by [`Lru::insert`]).
+pub struct Reservation {
+    lru: Lru,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut s = self.lru.lock();
+        s.reserved = s.reserved.saturating_sub(self.bytes);
     }
 }
 
@@ -47,25 +73,15 @@ impl Lru {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records content of `size` bytes; `age_rank` orders entries loaded at start-up.
+    /// Records committed content of `size` bytes as the most recently used.
     pub fn insert(&self, digest: &Digest, size: u64) {
         let mut s = self.lock();
         s.clock += 1;
-        let clock = s.clock;
-        let old = s.entries.insert(
-            digest.clone(),
-            Entry {
-                size,
-                last_use: clock,
-                pins: 0,
-            },
-        );
-        s.total = s.total - old.as_ref().map_or(0, |e| e.size) + size;
-        if let Some(old) = old
-            && let Some(e) = s.entries.get_mut(digest)
-        {
-            e.pins = old.pins;
+        let last_use = s.clock;
+        if let Some(old) = s.entries.insert(digest.clone(), Entry { size, last_use }) {
+            s.total -= old.size;
         }
+        s.total += size;
     }
 
     /// Marks a use and pins the digest until the returned guard drops.
@@ -75,8 +91,8 @@ impl Lru {
         let clock = s.clock;
         if let Some(e) = s.entries.get_mut(digest) {
             e.last_use = clock;
-            e.pins += 1;
         }
+        *s.pins.entry(digest.clone()).or_insert(0) += 1;
         drop(s);
         Pin {
             lru: self.clone(),
@@ -84,10 +100,22 @@ impl Lru {
         }
     }
 
-    pub fn forget(&self, digest: &Digest) {
+    /// Marks a use without pinning.
+    pub fn touch(&self, digest: &Digest) {
         let mut s = self.lock();
-        if let Some(e) = s.entries.remove(digest) {
-            s.total -= e.size;
+        s.clock += 1;
+        let clock = s.clock;
+        if let Some(e) = s.entries.get_mut(digest) {
+            e.last_use = clock;
+        }
+    }
+
+    /// Holds `bytes` against the size bound for a fill in progress.
+    pub fn reserve(&self, bytes: u64) -> Reservation {
+        self.lock().reserved += bytes;
+        Reservation {
+            lru: self.clone(),
+            bytes,
         }
     }
 
@@ -95,27 +123,39 @@ impl Lru {
         self.lock().total
     }
 
+    pub fn reserved(&self) -> u64 {
+        self.lock().reserved
+    }
+
     pub fn count(&self) -> usize {
         self.lock().entries.len()
     }
 
-    /// Least recently used unpinned digests to remove so the total fits `max`.
-    pub fn victims(&self, max: u64) -> Vec<(Digest, u64)> {
-        let s = self.lock();
-        if s.total <= max {
+    /// Chooses least recently used, unpinned content so that stored plus reserved bytes fit
+    /// `max`, and forgets it: the caller removes the files. Pinned content is never chosen.
+    pub fn take_victims(&self, max: u64) -> Vec<(Digest, u64)> {
+        let mut s = self.lock();
+        let used = s.total + s.reserved;
+        if used <= max {
             return Vec::new();
         }
-        let mut candidates: Vec<(&Digest, &Entry)> =
-            s.entries.iter().filter(|(_, e)| e.pins == 0).collect();
-        candidates.sort_by_key(|(_, e)| e.last_use);
-        let mut excess = s.total - max;
+        let mut candidates: Vec<(Digest, u64, u64)> = s
+            .entries
+            .iter()
+            .filter(|(d, _)| !s.pins.contains_key(*d))
+            .map(|(d, e)| (d.clone(), e.size, e.last_use))
+            .collect();
+        candidates.sort_by_key(|(_, _, last_use)| *last_use);
+        let mut excess = used - max;
         let mut out = Vec::new();
-        for (d, e) in candidates {
+        for (digest, size, _) in candidates {
             if excess == 0 {
                 break;
             }
-            out.push((d.clone(), e.size));
-            excess = excess.saturating_sub(e.size);
+            s.entries.remove(&digest);
+            s.total -= size;
+            excess = excess.saturating_sub(size);
+            out.push((digest, size));
         }
         out
     }
@@ -125,19 +165,54 @@ impl Lru {
 mod tests {
     use super::*;
 
+    fn d(s: &str) -> Digest {
+        Digest::sha256_of(s.as_bytes())
+    }
+
     #[test]
     fn evicts_least_recent_unpinned() {
         let lru = Lru::default();
-        let d = |s: &str| Digest::sha256_of(s.as_bytes());
         lru.insert(&d("a"), 10);
         lru.insert(&d("b"), 10);
         lru.insert(&d("c"), 10);
         drop(lru.pin(&d("a"))); // a is now the most recent
-        assert_eq!(lru.victims(20), vec![(d("b"), 10)]);
         let _held = lru.pin(&d("b"));
-        assert_eq!(lru.victims(20), vec![(d("c"), 10)]);
-        assert_eq!(lru.victims(0).len(), 2, "pinned content is never a victim");
-        lru.forget(&d("c"));
+        assert_eq!(lru.take_victims(20), vec![(d("c"), 10)]);
         assert_eq!(lru.total(), 20);
+        assert_eq!(
+            lru.take_victims(0),
+            vec![(d("a"), 10)],
+            "pinned content is never a victim"
+        );
+        assert_eq!(lru.total(), 10);
+    }
+
+    #[test]
+    fn a_pin_taken_before_commit_protects_the_committed_blob() {
+        let lru = Lru::default();
+        let early = lru.pin(&d("x")); // a reader joined the fill
+        let other = lru.pin(&d("x"));
+        lru.insert(&d("x"), 10); // the fill commits
+        lru.insert(&d("y"), 10);
+        assert_eq!(lru.take_victims(10), vec![(d("y"), 10)]);
+        drop(early);
+        assert!(
+            lru.take_victims(0).is_empty(),
+            "one reader leaving never cancels another reader's pin"
+        );
+        drop(other);
+        assert_eq!(lru.take_victims(0), vec![(d("x"), 10)]);
+    }
+
+    #[test]
+    fn reservations_count_against_the_bound() {
+        let lru = Lru::default();
+        lru.insert(&d("a"), 10);
+        lru.insert(&d("b"), 10);
+        let r = lru.reserve(15);
+        assert_eq!(lru.take_victims(30), vec![(d("a"), 10)]);
+        drop(r);
+        assert_eq!(lru.reserved(), 0);
+        assert!(lru.take_victims(30).is_empty());
     }
 }

@@ -1,25 +1,28 @@
-//! One fill per digest. The first request for a missing blob starts a fill on its own task;
-//! concurrent requests join it and read the growing temp file as bytes land. The fill
-//! outlives the client that started it (bounded by `fill-timeout`), resumes with `Range`
-//! after a broken upstream connection, and commits only verified content.
+//! Fills: a missing blob written from its upstream body into a temp file on its own task,
+//! read by any number of requests as bytes land, resumed with `Range` after a broken
+//! upstream connection, committed only when its digest matches. The fill outlives the client
+//! that started it (bounded by `fill-timeout`).
+//!
+//! Which request starts a fill, and how others find it, is the engine's fill table
+//! (`pull::flight`); the store admits fills (a bounded number, space permitting) and runs
+//! them.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use super::disk::{CommitError, DiskLayout, TempBlob};
-use super::reader::{self, FillState, Guard, Progress};
+use super::reader::{self, FillFailure, FillState, Guard, Progress};
 use super::{Store, StoreStats};
-use crate::pull::ByteStream;
+use crate::body::{ByteStream, ChunkLimit};
 use crate::reference::Digest;
 
 /// Re-fetches a blob from a byte offset: the stream, and whether it starts at that offset
@@ -38,6 +41,21 @@ pub struct FillSource {
     pub resume: Resume,
 }
 
+/// One of `store.max-concurrent-fills`: held by a fill (or a stream passed through without
+/// being stored) until it ends.
+pub struct FillPermit {
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Why a miss is streamed without being stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassReason {
+    /// The store is below its free-space watermark.
+    LowSpace,
+    /// The blob is larger than `store.max-size`.
+    TooLarge,
+}
+
 /// A fill in progress (or just finished).
 pub struct Fill {
     pub digest: Digest,
@@ -52,21 +70,33 @@ impl Fill {
         self.progress.borrow().state.clone()
     }
 
-    /// A reader of `[start, end)`, following the fill.
-    pub fn reader(
+    /// Waits until the fill committed or failed.
+    pub async fn finished(&self) -> FillState {
+        let mut rx = self.progress.clone();
+        let waited = rx
+            .wait_for(|p| p.state != FillState::Running)
+            .await
+            .map(|p| p.state.clone());
+        waited.unwrap_or_else(|_| rx.borrow().state.clone())
+    }
+
+    /// A reader of `[start, end)`, following the fill, its chunks sized by `chunk`.
+    pub async fn reader(
         &self,
         start: u64,
         end: Option<u64>,
         guard: Option<Guard>,
+        chunk: ChunkLimit,
     ) -> io::Result<ByteStream> {
-        let file = match std::fs::File::open(&self.temp_path) {
-            Ok(f) => f,
+        let (temp, committed) = (self.temp_path.clone(), self.committed_path.clone());
+        let file = tokio::task::spawn_blocking(move || match std::fs::File::open(&temp) {
+            Ok(f) => Ok(f),
             // Committed (renamed) between the join and this open.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::File::open(&self.committed_path)?
-            }
-            Err(e) => return Err(e),
-        };
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::File::open(&committed),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(io::Error::other)??;
         Ok(reader::stream(
             file,
             start,
@@ -74,115 +104,51 @@ impl Fill {
             self.total,
             self.progress.clone(),
             guard,
+            chunk,
         ))
     }
 }
 
-/// The answer of [`Fills::join_or_start`].
-pub enum Joined {
-    /// A fill to read from; `started` is true for the request that started it.
-    Fill { fill: Arc<Fill>, started: bool },
-    /// The content was committed meanwhile: read it from the store.
-    Stored,
-}
-
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<Fill>>>>;
-
-#[derive(Default)]
-pub struct Fills {
-    slots: Mutex<HashMap<Digest, Slot>>,
-}
-
-impl Fills {
-    fn slot(&self, digest: &Digest) -> Slot {
-        self.slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(digest.clone())
-            .or_default()
-            .clone()
-    }
-
-    fn release(&self, digest: &Digest) {
-        self.slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(digest);
-    }
-
-    /// Removes `slot` if it is still the table's entry and nobody else waits on it.
-    fn forget_unused(&self, digest: &Digest, slot: &Slot) {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        // The table and the caller hold the only references: no waiter is left behind.
-        if slots.get(digest).is_some_and(|s| Arc::ptr_eq(s, slot)) && Arc::strong_count(slot) == 2 {
-            slots.remove(digest);
-        }
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-}
-
 impl Store {
-    /// Joins the fill of `digest`, or starts one with the source `start` produces. Only the
-    /// request that starts a fill waits for `start`; the others wait for it to decide.
-    pub async fn join_or_start<E, F>(
-        self: &Arc<Self>,
-        digest: &Digest,
-        start: F,
-    ) -> Result<Joined, E>
-    where
-        F: Future<Output = Result<FillSource, E>>,
-        E: From<io::Error>,
-    {
-        let slot = self.fills.slot(digest);
-        let outcome = {
-            let mut current = slot.lock().await;
-            self.join_or_start_locked(&mut current, digest, start).await
-        };
-        // A slot that got no fill (an upstream error, content already stored) must not stay
-        // behind: clients probing missing digests would grow the table without bound.
-        if !matches!(outcome, Ok(Joined::Fill { .. })) {
-            self.fills.forget_unused(digest, &slot);
-        }
-        outcome
+    /// One of `store.max-concurrent-fills` upstream transfers; `None` when all are taken.
+    pub fn fill_slot(&self) -> Option<FillPermit> {
+        let slot = self.fill_slots.clone().try_acquire_owned().ok()?;
+        Some(FillPermit { _slot: slot })
     }
 
-    async fn join_or_start_locked<E, F>(
+    /// Whether a blob of `size` bytes (when announced) may be stored.
+    pub fn may_keep(&self, size: Option<u64>) -> Result<(), PassReason> {
+        if size.is_some_and(|size| size > self.config.max_size.0) {
+            return Err(PassReason::TooLarge);
+        }
+        if self.space.is_low(0) || self.space.is_low(size.unwrap_or(0)) {
+            return Err(PassReason::LowSpace);
+        }
+        Ok(())
+    }
+
+    /// Counts a miss streamed without being stored.
+    pub fn passed_through(&self) {
+        self.stats.pass_throughs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts filling `digest` from `source` on its own task. The announced size is held
+    /// against `max-size` (evicting to make room) until the fill ends.
+    pub async fn start_fill(
         self: &Arc<Self>,
-        current: &mut Option<Arc<Fill>>,
+        permit: FillPermit,
         digest: &Digest,
-        start: F,
-    ) -> Result<Joined, E>
-    where
-        F: Future<Output = Result<FillSource, E>>,
-        E: From<io::Error>,
-    {
-        if let Some(fill) = current.as_ref() {
-            match fill.state() {
-                FillState::Running => {
-                    return Ok(Joined::Fill {
-                        fill: fill.clone(),
-                        started: false,
-                    });
-                }
-                FillState::Committed => return Ok(Joined::Stored),
-                FillState::Failed(_) => {}
-            }
-        }
-        if self.layout.size(digest).is_some() {
-            return Ok(Joined::Stored);
-        }
-        let source = start.await?;
-        let layout = self.layout.clone();
+        source: FillSource,
+    ) -> io::Result<Arc<Fill>> {
+        let reservation = self.lru.reserve(source.total.unwrap_or(0));
+        let victims = self.lru.take_victims(self.config.max_size.0);
         let d = digest.clone();
-        let temp = tokio::task::spawn_blocking(move || layout.temp(&d))
-            .await
-            .map_err(io::Error::other)??;
+        let temp = self
+            .blocking(move |s| {
+                s.remove_victims(victims);
+                s.layout.temp(&d)
+            })
+            .await?;
         let (tx, rx) = watch::channel(Progress {
             written: 0,
             state: FillState::Running,
@@ -194,7 +160,6 @@ impl Store {
             committed_path: self.layout.path(digest),
             progress: rx,
         });
-        *current = Some(fill.clone());
         self.stats.fills.fetch_add(1, Ordering::Relaxed);
         let store = self.clone();
         let digest = digest.clone();
@@ -203,24 +168,35 @@ impl Store {
             let outcome =
                 match tokio::time::timeout(timeout, pump(&store, temp, source, tx.clone())).await {
                     Ok(r) => r,
-                    Err(_) => Err(format!("fill did not finish within {timeout:?}")),
+                    Err(_) => Err(FillFailure::Upstream(format!(
+                        "fill did not finish within {timeout:?}"
+                    ))),
                 };
             match outcome {
                 Ok(size) => {
-                    store.committed(&digest, size);
+                    store.lru.insert(&digest, size);
+                    drop(reservation);
+                    let victims = store.lru.take_victims(store.config.max_size.0);
+                    store.evict_later(victims);
+                    store.space.invalidate();
                     tx.send_modify(|p| p.state = FillState::Committed);
                 }
-                Err(reason) => {
-                    tracing::warn!(%digest, %reason, "fill failed");
-                    tx.send_modify(|p| p.state = FillState::Failed(reason));
+                Err(failure) => {
+                    tracing::warn!(%digest, reason = %failure, "fill failed");
+                    tx.send_modify(|p| p.state = FillState::Failed(failure));
                 }
             }
-            store.fills.release(&digest);
+            drop(permit);
         });
-        Ok(Joined::Fill {
-            fill,
-            started: true,
-        })
+        Ok(fill)
+    }
+}
+
+/// A failure to write the temp file: a full disk is told apart.
+fn store_failure(what: &str, e: &io::Error) -> FillFailure {
+    FillFailure::Store {
+        reason: format!("{what}: {e}"),
+        full: e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT),
     }
 }
 
@@ -231,7 +207,7 @@ async fn pump(
     temp: TempBlob,
     source: FillSource,
     progress: watch::Sender<Progress>,
-) -> Result<u64, String> {
+) -> Result<u64, FillFailure> {
     let stats: &StoreStats = &store.stats;
     let (chunks, mut rx) = mpsc::channel::<Bytes>(16);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<TempBlob> {
@@ -251,6 +227,7 @@ async fn pump(
     let mut received: u64 = 0;
     let mut skip: u64 = 0;
     let mut resumes = 0u32;
+    let upstream = |s: String| FillFailure::Upstream(s);
     loop {
         let broken = match body.next().await {
             Some(Ok(mut chunk)) => {
@@ -264,12 +241,15 @@ async fn pump(
                 }
                 received += chunk.len() as u64;
                 if total.is_some_and(|t| received > t) {
-                    return Err("upstream sent more bytes than it announced".to_owned());
+                    return Err(upstream(
+                        "upstream sent more bytes than it announced".to_owned(),
+                    ));
                 }
                 stats
                     .upstream_bytes
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if chunks.send(chunk).await.is_err() {
+                    // The writer stopped: its error is reported below.
                     break;
                 }
                 continue;
@@ -282,7 +262,10 @@ async fn pump(
         };
         resumes += 1;
         if resumes > store.config.fill_retries {
-            return Err(format!("{broken}; gave up after {} resumes", resumes - 1));
+            return Err(upstream(format!(
+                "{broken}; gave up after {} resumes",
+                resumes - 1
+            )));
         }
         stats.resumes.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%broken, from = received, "resuming fill");
@@ -292,19 +275,19 @@ async fn pump(
                 body = next;
                 skip = if from_offset { 0 } else { received };
             }
-            Err(e) => return Err(format!("{broken}; resuming failed: {e}")),
+            Err(e) => return Err(upstream(format!("{broken}; resuming failed: {e}"))),
         }
     }
     drop(chunks);
     let temp = writer
         .await
-        .map_err(|e| format!("writer task: {e}"))?
-        .map_err(|e| format!("writing the store: {e}"))?;
+        .map_err(|e| upstream(format!("writer task: {e}")))?
+        .map_err(|e| store_failure("writing the store", &e))?;
     let size = temp.written();
     let layout: DiskLayout = store.layout.clone();
     let committed = tokio::task::spawn_blocking(move || temp.commit(&layout, None))
         .await
-        .map_err(|e| format!("commit task: {e}"))?;
+        .map_err(|e| upstream(format!("commit task: {e}")))?;
     match committed {
         Ok(()) => Ok(size),
         Err(CommitError::Mismatch {
@@ -314,10 +297,10 @@ async fn pump(
         }) => {
             stats.digest_mismatches.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%expected, %actual, size, "upstream sent corrupt content: discarded");
-            Err(format!(
+            Err(FillFailure::Corrupt(format!(
                 "digest mismatch: expected {expected}, got {actual}"
-            ))
+            )))
         }
-        Err(CommitError::Io(e)) => Err(format!("committing to the store: {e}")),
+        Err(CommitError::Io(e)) => Err(store_failure("committing to the store", &e)),
     }
 }

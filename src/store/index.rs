@@ -41,16 +41,41 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Membership facts kept in memory; the markers on disk are the truth.
+const KNOWN_MEMBERS: u64 = 200_000;
+
 #[derive(Debug, Clone)]
 pub struct Index {
     root: PathBuf,
+    /// Memberships recently seen or recorded, so the hot path does not stat a marker.
+    known: moka::sync::Cache<String, ()>,
 }
 
 impl Index {
     pub fn open(root: &Path) -> io::Result<Self> {
         let root = root.join("repos");
         fs::create_dir_all(&root)?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            known: moka::sync::Cache::new(KNOWN_MEMBERS),
+        })
+    }
+
+    fn member_key(registry: &RegistryHost, repo: &Repository, digest: &Digest) -> String {
+        format!("{registry}/{repo}@{digest}")
+    }
+
+    /// Whether `repo` is known to contain `digest` from memory alone; `None` when the disk
+    /// must be asked ([`Index::is_member`], on a blocking thread).
+    pub fn is_known_member(
+        &self,
+        registry: &RegistryHost,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Option<bool> {
+        self.known
+            .contains_key(&Self::member_key(registry, repo, digest))
+            .then_some(true)
     }
 
     fn repo_dir(&self, registry: &RegistryHost, repo: &Repository) -> PathBuf {
@@ -71,18 +96,32 @@ impl Index {
         repo: &Repository,
         digest: &Digest,
     ) -> io::Result<()> {
-        let path = self.marker(registry, repo, digest);
-        if path.exists() {
+        let key = Self::member_key(registry, repo, digest);
+        if self.known.contains_key(&key) {
             return Ok(());
         }
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
+        let path = self.marker(registry, repo, digest);
+        if !path.exists() {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::write(path, b"")?;
         }
-        fs::write(path, b"")
+        self.known.insert(key, ());
+        Ok(())
     }
 
+    /// Whether `repo` contains `digest` (memory, then the marker on disk).
     pub fn is_member(&self, registry: &RegistryHost, repo: &Repository, digest: &Digest) -> bool {
-        self.marker(registry, repo, digest).exists()
+        if self.is_known_member(registry, repo, digest).is_some() {
+            return true;
+        }
+        let found = self.marker(registry, repo, digest).exists();
+        if found {
+            self.known
+                .insert(Self::member_key(registry, repo, digest), ());
+        }
+        found
     }
 
     fn tag_path(

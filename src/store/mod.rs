@@ -1,8 +1,10 @@
 //! The content store: verified content by digest on local disk, repository membership and tag
-//! records, one fill per digest, and size-bounded LRU eviction.
+//! records, fills of missing blobs, and size-bounded LRU eviction.
 //!
 //! The pull engine talks to [`Store`]; the on-disk format is private to `disk.rs` and
-//! `index.rs`, so another backend can take their place behind the same facade.
+//! `index.rs`, so another backend can take their place behind the same facade. Every method
+//! the engine calls from async code is either in memory or runs its file I/O on a blocking
+//! thread.
 
 mod disk;
 mod evict;
@@ -10,6 +12,7 @@ mod fill;
 mod index;
 pub mod maintenance;
 mod reader;
+mod space;
 
 use std::io;
 use std::sync::Arc;
@@ -18,13 +21,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 pub use disk::{CommitError, DiskLayout};
-pub use fill::{Fill, FillSource, Joined, Resume};
+pub use fill::{Fill, FillPermit, FillSource, PassReason, Resume};
 pub use index::{Index, TagRecord, accept_key, now};
-pub use reader::{FillState, Guard};
+pub use reader::{FillFailure, FillState, Guard};
 
+use crate::body::{ByteStream, ChunkLimit};
 use crate::config::StoreConfig;
-use crate::pull::ByteStream;
-use crate::reference::Digest;
+use crate::reference::{Digest, RegistryHost, Repository};
+
+/// Bytes of manifests kept in memory (they are small and asked for often).
+const MANIFEST_MEMORY: u64 = 64 * 1024 * 1024;
 
 /// Counters of what the store did.
 #[derive(Debug, Default)]
@@ -34,6 +40,8 @@ pub struct StoreStats {
     pub digest_mismatches: AtomicU64,
     pub upstream_bytes: AtomicU64,
     pub evictions: AtomicU64,
+    /// Misses streamed without being stored (store full, low on space, blob too large).
+    pub pass_throughs: AtomicU64,
 }
 
 /// What `cache stats` prints.
@@ -42,8 +50,11 @@ pub struct StoreSummary {
     pub path: String,
     pub items: usize,
     pub bytes: u64,
+    pub reserved_bytes: u64,
     pub max_bytes: u64,
     pub fills_in_flight: usize,
+    pub free_bytes: u64,
+    pub low_space: bool,
 }
 
 /// Committed content, open: its size is known and it cannot be truncated by eviction.
@@ -54,17 +65,26 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// A stream of `[start, end)`.
-    pub fn stream(self, start: u64, end: Option<u64>) -> ByteStream {
-        reader::committed(self.file, self.size, start, end, Some(self.pin))
+    /// A stream of `[start, end)`, its chunks sized by `chunk`.
+    pub fn stream(self, start: u64, end: Option<u64>, chunk: ChunkLimit) -> ByteStream {
+        reader::committed(self.file, self.size, start, end, Some(self.pin), chunk)
     }
+}
+
+/// A stored manifest.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub bytes: Bytes,
+    pub media_type: Option<String>,
 }
 
 pub struct Store {
     layout: DiskLayout,
     index: Index,
     lru: evict::Lru,
-    fills: fill::Fills,
+    fill_slots: Arc<tokio::sync::Semaphore>,
+    manifests: moka::sync::Cache<Digest, StoredManifest>,
+    space: space::Space,
     config: StoreConfig,
     pub stats: StoreStats,
 }
@@ -85,14 +105,19 @@ impl Store {
             lru.insert(digest, *size);
         }
         let store = Arc::new(Store {
+            space: space::Space::new(path, config.min_free_space.0),
             layout,
             index,
             lru,
-            fills: fill::Fills::default(),
+            fill_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_fills)),
+            manifests: moka::sync::Cache::builder()
+                .weigher(|_, m: &StoredManifest| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+                .max_capacity(MANIFEST_MEMORY)
+                .build(),
             config: config.clone(),
             stats: StoreStats::default(),
         });
-        store.evict_to(config.max_size.0);
+        store.remove_victims(store.lru.take_victims(config.max_size.0));
         Ok(Some(store))
     }
 
@@ -108,37 +133,119 @@ impl Store {
         &self.layout
     }
 
-    /// Size of committed content.
+    /// Runs file work on a blocking thread.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Store) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Size of committed content (a `stat`: for the command line, or blocking threads).
     pub fn size(&self, digest: &Digest) -> Option<u64> {
         self.layout.size(digest)
     }
 
-    /// A stored manifest's bytes and media type.
-    pub fn manifest(&self, digest: &Digest) -> io::Result<Option<(Bytes, Option<String>)>> {
-        let path = self.layout.path(digest);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                drop(self.lru.pin(digest));
-                Ok(Some((Bytes::from(bytes), self.layout.media_type(digest))))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    /// Whether committed content exists.
+    pub async fn contains(self: &Arc<Self>, digest: &Digest) -> bool {
+        if self.manifests.contains_key(digest) {
+            return true;
         }
+        let d = digest.clone();
+        self.blocking(move |s| Ok(s.layout.size(&d).is_some()))
+            .await
+            .unwrap_or(false)
     }
 
-    /// Stores a verified manifest with its media type.
-    pub fn put_manifest(&self, digest: &Digest, bytes: &[u8], media_type: &str) -> io::Result<()> {
-        self.layout.put(digest, bytes, Some(media_type))?;
-        self.committed(digest, bytes.len() as u64);
-        Ok(())
+    /// A stored manifest: from memory, else read from disk when it is a manifest (stored with
+    /// a media type) of at most `limit` bytes. Content stored as a blob is never read whole
+    /// here, however it is asked for.
+    pub async fn manifest(
+        self: &Arc<Self>,
+        digest: &Digest,
+        limit: u64,
+    ) -> io::Result<Option<StoredManifest>> {
+        if let Some(m) = self.manifests.get(digest) {
+            self.lru.touch(digest);
+            return Ok(Some(m));
+        }
+        let d = digest.clone();
+        let found = self.blocking(move |s| s.read_manifest(&d, limit)).await?;
+        if let Some(m) = &found {
+            self.lru.touch(digest);
+            self.manifests.insert(digest.clone(), m.clone());
+        }
+        Ok(found)
     }
 
-    /// Opens committed content, pinned against eviction until it is streamed and dropped.
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<Stored>> {
+    fn read_manifest(&self, digest: &Digest, limit: u64) -> io::Result<Option<StoredManifest>> {
+        use std::io::Read as _;
+        let Some(media_type) = self.layout.media_type(digest) else {
+            return Ok(None);
+        };
         let Some(file) = self.layout.open_blob(digest)? else {
             return Ok(None);
         };
-        let size = file.metadata()?.len();
+        if file.metadata()?.len() > limit {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        file.take(limit + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Ok(None);
+        }
+        Ok(Some(StoredManifest {
+            bytes: Bytes::from(bytes),
+            media_type: Some(media_type),
+        }))
+    }
+
+    /// Stores a verified manifest with its media type; false when it was not kept (the
+    /// store is below its free-space watermark).
+    pub async fn put_manifest(
+        self: &Arc<Self>,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: String,
+    ) -> io::Result<bool> {
+        let manifest = StoredManifest {
+            bytes: bytes.clone(),
+            media_type: Some(media_type.clone()),
+        };
+        if self.space.is_low(bytes.len() as u64) {
+            return Ok(false);
+        }
+        let d = digest.clone();
+        let victims = self
+            .blocking(move |s| {
+                s.layout.put(&d, &bytes, Some(&media_type))?;
+                s.lru.insert(&d, bytes.len() as u64);
+                Ok(s.lru.take_victims(s.config.max_size.0))
+            })
+            .await?;
+        self.manifests.insert(digest.clone(), manifest);
+        self.evict_later(victims);
+        Ok(true)
+    }
+
+    /// Opens committed content, pinned against eviction until it is streamed and dropped.
+    pub async fn open_blob(self: &Arc<Self>, digest: &Digest) -> io::Result<Option<Stored>> {
+        let d = digest.clone();
+        let Some((file, size)) = self
+            .blocking(move |s| {
+                let Some(file) = s.layout.open_blob(&d)? else {
+                    return Ok(None);
+                };
+                let size = file.metadata()?.len();
+                Ok(Some((file, size)))
+            })
+            .await?
+        else {
+            return Ok(None);
+        };
         Ok(Some(Stored {
             file,
             size,
@@ -146,33 +253,122 @@ impl Store {
         }))
     }
 
-    /// A pin for readers of a fill (effective once it commits).
+    /// A pin for readers of a fill: it protects the blob from the moment it commits.
     pub fn pin(&self, digest: &Digest) -> Guard {
         Box::new(self.lru.pin(digest))
     }
 
-    fn committed(&self, digest: &Digest, size: u64) {
-        self.lru.insert(digest, size);
-        self.evict_to(self.config.max_size.0);
+    /// Whether `repo` of `registry` is known to contain `digest`.
+    pub async fn is_member(
+        self: &Arc<Self>,
+        registry: &RegistryHost,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> bool {
+        if let Some(known) = self.index.is_known_member(registry, repo, digest) {
+            return known;
+        }
+        let (r, p, d) = (registry.clone(), repo.clone(), digest.clone());
+        self.blocking(move |s| Ok(s.index.is_member(&r, &p, &d)))
+            .await
+            .unwrap_or(false)
     }
 
-    /// Evicts least-recently-used, unpinned content until the store fits `max` bytes.
-    /// Returns what was removed (count, bytes).
-    pub fn evict_to(&self, max: u64) -> (usize, u64) {
-        let mut removed = (0, 0);
-        for (digest, size) in self.lru.victims(max) {
+    /// Records that `repo` of `registry` contains each of `digests`.
+    pub async fn add_members(
+        self: &Arc<Self>,
+        registry: &RegistryHost,
+        repo: &Repository,
+        digests: Vec<Digest>,
+    ) -> io::Result<()> {
+        let missing: Vec<Digest> = digests
+            .into_iter()
+            .filter(|d| self.index.is_known_member(registry, repo, d).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (r, p) = (registry.clone(), repo.clone());
+        self.blocking(move |s| {
+            for d in &missing {
+                s.index.add_member(&r, &p, d)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The tag record stored for `tag` and `accept_key`.
+    pub async fn tag(
+        self: &Arc<Self>,
+        registry: &RegistryHost,
+        repo: &Repository,
+        tag: &str,
+        accept_key: &str,
+    ) -> Option<TagRecord> {
+        let (r, p, t, k) = (
+            registry.clone(),
+            repo.clone(),
+            tag.to_owned(),
+            accept_key.to_owned(),
+        );
+        self.blocking(move |s| Ok(s.index.get_tag(&r, &p, &t, &k)))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Writes a tag record (skipped below the free-space watermark).
+    pub async fn put_tag(
+        self: &Arc<Self>,
+        registry: &RegistryHost,
+        repo: &Repository,
+        tag: &str,
+        accept_key: &str,
+        record: TagRecord,
+    ) -> io::Result<()> {
+        if self.space.is_low(0) {
+            return Ok(());
+        }
+        let (r, p, t, k) = (
+            registry.clone(),
+            repo.clone(),
+            tag.to_owned(),
+            accept_key.to_owned(),
+        );
+        self.blocking(move |s| s.index.put_tag(&r, &p, &t, &k, &record))
+            .await
+    }
+
+    /// Unlinks evicted content on a blocking thread (a multi-GiB unlink takes a while).
+    fn evict_later(self: &Arc<Self>, victims: Vec<(Digest, u64)>) {
+        if victims.is_empty() {
+            return;
+        }
+        for (d, _) in &victims {
+            self.manifests.invalidate(d);
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.remove_victims(victims));
+    }
+
+    fn remove_victims(&self, victims: Vec<(Digest, u64)>) {
+        for (digest, size) in victims {
+            self.manifests.invalidate(&digest);
             match self.layout.remove(&digest) {
                 Ok(()) => {
-                    self.lru.forget(&digest);
                     self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-                    removed.0 += 1;
-                    removed.1 += size;
                     tracing::debug!(%digest, size, "evicted");
                 }
                 Err(e) => tracing::warn!(%digest, error = %e, "eviction failed"),
             }
         }
-        removed
+        self.space.invalidate();
+    }
+
+    /// Whether the store is below its free-space watermark now.
+    pub fn low_on_space(&self) -> bool {
+        self.space.is_low(0)
     }
 
     pub fn summary(&self) -> StoreSummary {
@@ -180,18 +376,14 @@ impl Store {
             path: self.layout.root().display().to_string(),
             items: self.lru.count(),
             bytes: self.lru.total(),
+            reserved_bytes: self.lru.reserved(),
             max_bytes: self.config.max_size.0,
-            fills_in_flight: self.fills.in_flight(),
+            fills_in_flight: self
+                .config
+                .max_concurrent_fills
+                .saturating_sub(self.fill_slots.available_permits()),
+            free_bytes: self.space.free(),
+            low_space: self.space.was_low(),
         }
-    }
-}
-
-impl Store {
-    /// Whether the manifest a tag record names is stored.
-    pub fn size_of_manifest(&self, record: &TagRecord) -> bool {
-        record
-            .digest
-            .parse::<Digest>()
-            .is_ok_and(|d| self.layout.size(&d).is_some())
     }
 }

@@ -10,17 +10,39 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::pull::ByteStream;
-
-/// Bytes read per chunk: large enough for throughput, small enough that 64 concurrent
-/// streams stay within a few tens of MiB.
-const CHUNK: u64 = 256 * 1024;
+use crate::body::{ByteStream, ChunkLimit};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FillState {
     Running,
     Committed,
-    Failed(String),
+    Failed(FillFailure),
+}
+
+/// Why a fill ended without committing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FillFailure {
+    /// The upstream failed: broke off, sent too much, timed out.
+    #[error("{0}")]
+    Upstream(String),
+    /// The content did not match its digest.
+    #[error("{0}")]
+    Corrupt(String),
+    /// Writing the store failed; `full` when the file system is out of space or quota.
+    #[error("{reason}")]
+    Store { reason: String, full: bool },
+}
+
+impl FillFailure {
+    fn io_error(&self) -> io::Error {
+        let kind = match self {
+            FillFailure::Upstream(_) => io::ErrorKind::BrokenPipe,
+            FillFailure::Corrupt(_) => io::ErrorKind::InvalidData,
+            FillFailure::Store { full: true, .. } => io::ErrorKind::StorageFull,
+            FillFailure::Store { .. } => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, self.to_string())
+    }
 }
 
 /// How far a fill has got.
@@ -41,6 +63,7 @@ struct ReadState {
     total: Option<u64>,
     progress: watch::Receiver<Progress>,
     done: bool,
+    chunk: ChunkLimit,
     _guard: Option<Guard>,
 }
 
@@ -52,6 +75,7 @@ pub fn stream(
     total: Option<u64>,
     progress: watch::Receiver<Progress>,
     guard: Option<Guard>,
+    chunk: ChunkLimit,
 ) -> ByteStream {
     let state = ReadState {
         file: Arc::new(file),
@@ -60,6 +84,7 @@ pub fn stream(
         total,
         progress,
         done: false,
+        chunk,
         _guard: guard,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
@@ -84,21 +109,20 @@ pub fn committed(
     start: u64,
     end: Option<u64>,
     guard: Option<Guard>,
+    chunk: ChunkLimit,
 ) -> ByteStream {
     let (_tx, rx) = watch::channel(Progress {
         written: size,
         state: FillState::Committed,
     });
-    stream(file, start, end, Some(size), rx, guard)
+    stream(file, start, end, Some(size), rx, guard, chunk)
 }
 
 async fn next_chunk(st: &mut ReadState) -> io::Result<Option<Bytes>> {
     loop {
         let p = st.progress.borrow_and_update().clone();
         let committed = match &p.state {
-            FillState::Failed(reason) => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, reason.clone()));
-            }
+            FillState::Failed(failure) => return Err(failure.io_error()),
             FillState::Committed => true,
             FillState::Running => false,
         };
@@ -122,7 +146,7 @@ async fn next_chunk(st: &mut ReadState) -> io::Result<Option<Bytes>> {
         }
         let limit = target.map_or(deliverable, |t| deliverable.min(t));
         if st.pos < limit {
-            let len = (limit - st.pos).min(CHUNK) as usize;
+            let len = (limit - st.pos).min(st.chunk.get() as u64) as usize;
             let pos = st.pos;
             // Page-cache hits are copied right here; only reads that would wait for the disk
             // go to a blocking thread.
@@ -210,17 +234,28 @@ mod tests {
         f.write_all(b"0123456789").unwrap();
         let open = || File::open(f.path()).unwrap();
         assert_eq!(
-            collect(committed(open(), 10, 0, None, None)).await.unwrap(),
+            collect(committed(open(), 10, 0, None, None, ChunkLimit::default()))
+                .await
+                .unwrap(),
             b"0123456789"
         );
         assert_eq!(
-            collect(committed(open(), 10, 3, Some(5), None))
-                .await
-                .unwrap(),
+            collect(committed(
+                open(),
+                10,
+                3,
+                Some(5),
+                None,
+                ChunkLimit::default()
+            ))
+            .await
+            .unwrap(),
             b"34"
         );
         assert_eq!(
-            collect(committed(open(), 10, 8, None, None)).await.unwrap(),
+            collect(committed(open(), 10, 8, None, None, ChunkLimit::default()))
+                .await
+                .unwrap(),
             b"89"
         );
     }
@@ -232,13 +267,23 @@ mod tests {
             written: 0,
             state: FillState::Running,
         });
-        let mut s = stream(File::open(f.path()).unwrap(), 0, None, Some(6), rx, None);
+        let mut s = stream(
+            File::open(f.path()).unwrap(),
+            0,
+            None,
+            Some(6),
+            rx,
+            None,
+            ChunkLimit::default(),
+        );
         f.write_all(b"abcdef").unwrap();
         tx.send_modify(|p| p.written = 6);
         assert_eq!(&s.next().await.unwrap().unwrap()[..], b"abcde");
         let pending = tokio::time::timeout(std::time::Duration::from_millis(50), s.next()).await;
         assert!(pending.is_err(), "the last byte waits for verification");
-        tx.send_modify(|p| p.state = FillState::Failed("digest mismatch".into()));
+        tx.send_modify(|p| {
+            p.state = FillState::Failed(FillFailure::Corrupt("digest mismatch".into()))
+        });
         let err = s.next().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(s.next().await.is_none());
@@ -252,7 +297,15 @@ mod tests {
             written: 3,
             state: FillState::Running,
         });
-        let s = stream(File::open(f.path()).unwrap(), 1, None, None, rx, None);
+        let s = stream(
+            File::open(f.path()).unwrap(),
+            1,
+            None,
+            None,
+            rx,
+            None,
+            ChunkLimit::default(),
+        );
         let reader = tokio::spawn(collect(s));
         tokio::task::yield_now().await;
         tx.send_modify(|p| p.state = FillState::Committed);

@@ -60,6 +60,8 @@ pub struct Upstream {
     http: reqwest::Client,
     allow_private: bool,
     extra_realms: Vec<String>,
+    /// Whether the registry has a section of its own (see `pull::scope`).
+    trusted: bool,
     shared: Arc<Shared>,
 }
 
@@ -104,8 +106,21 @@ impl Upstream {
             http,
             allow_private,
             extra_realms,
+            trusted: true,
             shared,
         }
+    }
+
+    /// Marks a registry reached only because unknown registries are allowed: anyone may
+    /// run it, so its answers never prove that a repository holds content (`pull::scope`).
+    pub fn untrusted(mut self) -> Self {
+        self.trusted = false;
+        self
+    }
+
+    /// Whether the registry has a section of its own in the config.
+    pub fn trusted(&self) -> bool {
+        self.trusted
     }
 
     pub fn registry(&self) -> &RegistryHost {

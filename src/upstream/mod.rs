@@ -115,14 +115,17 @@ impl Upstreams {
             });
         };
         Ok(unknown.cache.get_with(registry.clone(), || {
-            Arc::new(Upstream::new(
-                registry.clone(),
-                endpoints(registry, &RegistryConfig::default()),
-                unknown.http.clone(),
-                false,
-                Vec::new(),
-                self.shared.clone(),
-            ))
+            Arc::new(
+                Upstream::new(
+                    registry.clone(),
+                    endpoints(registry, &RegistryConfig::default()),
+                    unknown.http.clone(),
+                    false,
+                    Vec::new(),
+                    self.shared.clone(),
+                )
+                .untrusted(),
+            )
         }))
     }
 
