@@ -121,7 +121,9 @@ impl Store {
         if size.is_some_and(|size| size > self.config.max_size.0) {
             return Err(PassReason::TooLarge);
         }
-        if self.space.is_low(0) || self.space.is_low(size.unwrap_or(0)) {
+        // Fills in progress will write what they reserved: count it as taken.
+        let need = size.unwrap_or(0).saturating_add(self.lru.reserved());
+        if self.space.is_low(0) || self.space.is_low(need) {
             return Err(PassReason::LowSpace);
         }
         Ok(())

@@ -35,6 +35,8 @@ pub enum Fault {
     Slow { per_chunk: Duration },
     /// Answer `307` to the same path and query at this base URL.
     Redirect { to: String },
+    /// Wait this long, then forward.
+    Delay { by: Duration },
     /// Answer with this status and these headers, empty body.
     Respond {
         status: u16,
@@ -51,6 +53,8 @@ pub struct Rule {
     pub fault: Fault,
     /// How many matching requests it applies to; `None` for all.
     pub times: Option<usize>,
+    /// Wait this long before applying the fault.
+    pub delay: Option<Duration>,
 }
 
 impl Rule {
@@ -60,7 +64,14 @@ impl Rule {
             method: None,
             fault,
             times: None,
+            delay: None,
         }
+    }
+
+    /// Waits `by` before applying the fault (a slow answer).
+    pub fn delay(mut self, by: Duration) -> Self {
+        self.delay = Some(by);
+        self
     }
 
     pub fn method(mut self, m: &str) -> Self {
@@ -191,7 +202,7 @@ impl FaultProxy {
     }
 }
 
-fn take_fault(state: &State, method: &str, path: &str) -> Option<Fault> {
+fn take_fault(state: &State, method: &str, path: &str) -> Option<(Fault, Option<Duration>)> {
     let mut rules = state.rules.lock().expect("rules");
     let i = rules.iter().position(|r| {
         path.contains(&r.path_contains)
@@ -202,7 +213,7 @@ fn take_fault(state: &State, method: &str, path: &str) -> Option<Fault> {
     if let Some(n) = rule.times.as_mut() {
         *n -= 1;
     }
-    Some(rule.fault.clone())
+    Some((rule.fault.clone(), rule.delay))
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -235,7 +246,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         authorization: header("authorization"),
         range: header("range"),
     });
-    let fault = take_fault(state, &method, &path);
+    let fault = match take_fault(state, &method, &path) {
+        Some((fault, delay)) => {
+            if let Some(by) = delay {
+                tokio::time::sleep(by).await;
+            }
+            Some(fault)
+        }
+        None => None,
+    };
     match &fault {
         Some(Fault::Status {
             status,
@@ -264,6 +283,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             }
             return r;
         }
+        Some(Fault::Delay { by }) => tokio::time::sleep(*by).await,
         Some(Fault::Redirect { to }) => {
             let mut r = full(StatusCode::TEMPORARY_REDIRECT, "");
             r.headers_mut().insert(
