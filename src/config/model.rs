@@ -24,6 +24,8 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Upstream registries by host name as clients spell it (`docker.io`, `ghcr.io`,
     /// `registry.example:5000`).
     #[serde(default)]
@@ -53,6 +55,104 @@ impl Default for ServerConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 5000))
+}
+
+/// What one client, and all of them together, may cost stevedore. Every limit has a safe
+/// default; going over one is answered (`503`/`429` with `Retry-After`, or the connection is
+/// closed), never a crash or a hang.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    /// Time a client has to send a request's headers once it started sending them.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no traffic for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A response whose client has not taken a byte for this long is abandoned.
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Open client connections, all clients together; past it new connections are answered
+    /// `503` and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64).
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Largest request head (request line and headers); larger is `431`.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Concurrent requests on one HTTP/2 connection.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// Memory shared by all response streams for chunks in flight. Streams whose clients
+    /// do not keep up, or that would exceed it, send small chunks.
+    #[serde(default = "default_stream_buffer")]
+    pub stream_buffer: ByteSize,
+    /// Requests per second one client identity (its address when anonymous) may make;
+    /// `0` turns the limit off. Past it: `429 TOOMANYREQUESTS` with `Retry-After`.
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: u32,
+    /// Requests a client may make at once above its rate.
+    #[serde(default = "default_request_burst")]
+    pub request_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            send_timeout: default_send_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
+            max_header_bytes: default_max_header_bytes(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            stream_buffer: default_stream_buffer(),
+            requests_per_second: default_requests_per_second(),
+            request_burst: default_request_burst(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_connections_per_client() -> usize {
+    256
+}
+
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+
+fn default_http2_max_concurrent_streams() -> u32 {
+    128
+}
+
+fn default_stream_buffer() -> ByteSize {
+    ByteSize(48 * 1024 * 1024)
+}
+
+fn default_requests_per_second() -> u32 {
+    200
+}
+
+fn default_request_burst() -> u32 {
+    400
 }
 
 #[derive(Debug, Clone, Deserialize)]

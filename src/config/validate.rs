@@ -55,6 +55,53 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         );
     }
 
+    let limits = &config.limits;
+    for (key, zero) in [
+        (
+            "limits.header-read-timeout",
+            limits.header_read_timeout.is_zero(),
+        ),
+        ("limits.idle-timeout", limits.idle_timeout.is_zero()),
+        ("limits.send-timeout", limits.send_timeout.is_zero()),
+        ("limits.max-connections", limits.max_connections == 0),
+        (
+            "limits.max-connections-per-client",
+            limits.max_connections_per_client == 0,
+        ),
+        (
+            "limits.http2-max-concurrent-streams",
+            limits.http2_max_concurrent_streams == 0,
+        ),
+    ] {
+        if zero {
+            push(key.to_owned(), "must be more than 0".to_owned());
+        }
+    }
+    if limits.max_header_bytes.0 < 8192 {
+        push(
+            "limits.max-header-bytes".to_owned(),
+            "must be at least 8KiB (8192)".to_owned(),
+        );
+    }
+    if limits.max_header_bytes.0 > 16 * 1024 * 1024 {
+        push(
+            "limits.max-header-bytes".to_owned(),
+            "must be at most 16MiB".to_owned(),
+        );
+    }
+    if limits.stream_buffer.0 < 1024 * 1024 {
+        push(
+            "limits.stream-buffer".to_owned(),
+            "must be at least 1MiB".to_owned(),
+        );
+    }
+    if limits.requests_per_second > 0 && limits.request_burst == 0 {
+        push(
+            "limits.request-burst".to_owned(),
+            "must be at least 1 when limits.requests-per-second is set".to_owned(),
+        );
+    }
+
     let store = &config.store;
     if store.max_size.0 < 1024 * 1024 {
         push(

@@ -5,11 +5,16 @@ use http::header::{ACCEPT, RANGE};
 use http::{HeaderMap, Request, Response};
 
 use super::AppState;
+use super::pacing::Pacer;
 use super::response::{self, Body, Failure};
 use crate::pull::{ByteRange, ManifestAccept};
 use crate::route::{self, ApiRequest, Route, RouteContext, RouteKind};
 
-pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, Failure> {
+pub async fn handle<B>(
+    state: &AppState,
+    req: &Request<B>,
+    pacer: &Pacer,
+) -> Result<Response<Body>, Failure> {
     let ctx = RouteContext {
         default_registry: &state.default_registry,
         authority: None,
@@ -17,7 +22,7 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Result<Response<Bo
     let uri = req.uri();
     match route::parse(req.method(), uri.path(), uri.query(), &ctx)? {
         ApiRequest::Ping => Ok(response::ping()),
-        ApiRequest::Read(route) => read(state, &route, req.headers()).await,
+        ApiRequest::Read(route) => read(state, &route, req.headers(), pacer).await,
     }
 }
 
@@ -26,6 +31,7 @@ pub async fn read(
     state: &AppState,
     route: &Route,
     headers: &HeaderMap,
+    pacer: &Pacer,
 ) -> Result<Response<Body>, Failure> {
     match &route.kind {
         RouteKind::Manifest(reference) => {
@@ -44,7 +50,7 @@ pub async fn read(
                 .and_then(|v| v.to_str().ok())
                 .and_then(ByteRange::parse);
             let b = state.pull.blob(route, digest, range).await?;
-            Ok(response::blob(b))
+            Ok(response::blob(b, pacer))
         }
         RouteKind::Tags { .. } | RouteKind::Referrers { .. } => {
             let doc = state.pull.document(route).await?;

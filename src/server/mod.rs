@@ -1,32 +1,48 @@
 //! Front doors: listeners that speak HTTP and hand typed routes to the pull engine.
+//!
+//! Every connection is admitted against `limits.max-connections` (all clients) and
+//! `limits.max-connections-per-client`, watched for slow request heads, idleness and clients
+//! that stop reading (`conn.rs`), and every request is rate limited per client before it is
+//! routed. Response bodies are paced so their memory stays bounded (`pacing.rs`).
 
+mod conn;
 mod metrics;
 pub mod mirror;
+mod pacing;
+mod ratelimit;
 pub mod response;
 
+pub use conn::ClientKey;
 pub use metrics::serve_metrics;
+pub use pacing::StreamMemory;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response, Version};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::Config;
+use crate::config::{Config, LimitsConfig};
 use crate::credentials::CredentialStore;
 use crate::pull::PullService;
 use crate::reference::RegistryHost;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::upstream::{ProxyEnv, Upstreams};
-use response::Body;
+use conn::{Activity, Admission, Timeouts, Watched};
+use pacing::{Guarded, Pacer};
+use response::{Body, Failure, FrontRefusal};
 
 /// Time given to open connections to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,6 +52,10 @@ pub struct AppState {
     pub pull: PullService,
     pub default_registry: RegistryHost,
     pub telemetry: Arc<Telemetry>,
+    pub limits: LimitsConfig,
+    admission: Admission,
+    pub streams: Arc<StreamMemory>,
+    rates: Option<ratelimit::Rates<ClientKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +92,30 @@ impl AppState {
         if let Some(store) = &store {
             telemetry.observe_store(store);
         }
+        let limits = config.limits.clone();
         Ok(Arc::new(Self {
             pull: PullService::new(upstreams, &config.upstream, store, telemetry.clone()),
             default_registry,
             telemetry,
+            admission: Admission::new(&limits),
+            streams: StreamMemory::new(limits.stream_buffer.0 as usize),
+            rates: ratelimit::Rates::new(limits.requests_per_second, limits.request_burst),
+            limits,
         }))
     }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.admission.open()
+    }
+}
+
+/// One client connection, as its requests see it.
+#[derive(Clone)]
+struct ConnInfo {
+    peer: SocketAddr,
+    socket: RawFd,
+    activity: Arc<Activity>,
 }
 
 /// Serves the mirror API on `listener` until `shutdown` resolves, then drains.
@@ -86,7 +124,8 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = http_builder(&state.limits);
+    let timeouts = Timeouts::from(&state.limits);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -101,17 +140,34 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let ticket = match state.admission.admit(ClientKey::of(peer.ip())) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        tracing::warn!(%peer, ?why, "connection refused");
+                        tokio::spawn(refuse(stream, why));
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
+                let activity = Activity::new();
+                let info = ConnInfo { peer, socket: stream.as_raw_fd(), activity: activity.clone() };
                 let state = state.clone();
                 let svc = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
+                    let info = info.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, req, &info).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let io = TokioIo::new(Watched::new(stream, activity.clone()));
+                let conn = graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    let _ticket = ticket;
+                    tokio::select! {
+                        ended = conn => if let Err(e) = ended {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        },
+                        why = conn::watchdog(activity, timeouts) => {
+                            tracing::info!(%peer, reason = why, "closing connection");
+                        }
                     }
                 });
             }
@@ -128,13 +184,40 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(
-    state: &AppState,
-    req: Request<Incoming>,
-    peer: std::net::SocketAddr,
-) -> Response<Body> {
+/// HTTP/1.1 and HTTP/2 (h2c) with the configured limits.
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_bytes = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(header_bytes)
+        .max_headers(128);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .max_send_buf_size(pacing::MIN_CHUNK * 4)
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(256 * 1024);
+    builder
+}
+
+/// Answers a connection over the limits and closes it.
+async fn refuse(mut stream: TcpStream, why: conn::Refusal) {
+    let answer = conn::refusal_response(why);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(&answer).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn handle(state: &AppState, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    let in_flight = conn.activity.request_started();
     let started = Instant::now();
-    let mut resp = match mirror::handle(state, &req).await {
+    let mut resp = match front(state, &req, conn).await {
         Ok(r) => r,
         Err(e) => response::error(&e),
     };
@@ -145,12 +228,12 @@ async fn handle(
     state.telemetry.requests.add(
         1,
         &[
-            opentelemetry::KeyValue::new("method", req.method().to_string()),
+            opentelemetry::KeyValue::new("method", method_label(req.method())),
             opentelemetry::KeyValue::new("status", i64::from(resp.status().as_u16())),
         ],
     );
     tracing::info!(
-        %peer,
+        peer = %conn.peer,
         method = %req.method(),
         path = req.uri().path(),
         query = req.uri().query().unwrap_or(""),
@@ -158,5 +241,64 @@ async fn handle(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    resp
+    resp.map(|body| Guarded::new(body, in_flight).boxed_unsync())
+}
+
+/// Checks that apply to every request, then the mirror.
+async fn front(
+    state: &AppState,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+) -> Result<Response<Body>, Failure> {
+    // A forward-proxy request names its registry in its authority; answering it from the
+    // default registry would resolve a tag asked for on one registry on another.
+    let absolute_form = req.version() < Version::HTTP_2 && req.uri().authority().is_some();
+    if req.method() == Method::CONNECT || absolute_form {
+        let authority = req
+            .uri()
+            .authority()
+            .map_or_else(String::new, ToString::to_string);
+        return Err(Failure::Front(FrontRefusal::NotAProxy { authority }));
+    }
+    if let Some(rates) = &state.rates
+        && let Err(wait) = rates.check(&ClientKey::of(conn.peer.ip()))
+    {
+        return Err(Failure::Front(FrontRefusal::RateLimited {
+            retry_after_s: ratelimit::retry_after_secs(wait),
+        }));
+    }
+    let pacer = Pacer {
+        memory: state.streams.clone(),
+        socket: (req.version() < Version::HTTP_2).then_some(conn.socket),
+    };
+    mirror::handle(state, req, &pacer).await
+}
+
+/// The request method as a metric label: the standard ones by name, anything else "other",
+/// so clients cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        let odd = Method::from_bytes(b"X-RANDOM-12345").unwrap();
+        assert_eq!(method_label(&odd), "other");
+    }
 }

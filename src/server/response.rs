@@ -4,13 +4,12 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Empty, Full};
 
+use super::pacing::{Paced, Pacer};
 use crate::pull::{BlobReply, DocumentReply, ErrorCode, ManifestReply, PullError};
 use crate::route::RouteError;
 use crate::upstream::UpstreamError;
@@ -30,9 +29,27 @@ const DEFAULT_RETRY_AFTER: &str = "60";
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     #[error(transparent)]
+    Front(#[from] FrontRefusal),
+    #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
     Pull(#[from] PullError),
+}
+
+/// Requests the front door refuses before routing them.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontRefusal {
+    /// `CONNECT`, or an absolute-form request (`GET http://host/…`): what a client that uses
+    /// stevedore as its HTTP(S) proxy sends.
+    #[error(
+        "stevedore is not serving as a forward proxy: the request for {authority:?} is \
+         refused (use it as a registry mirror: /v2/… with ?ns=<registry> or a registry path \
+         prefix)"
+    )]
+    NotAProxy { authority: String },
+    /// The client is over `limits.requests-per-second`.
+    #[error("too many requests from this client (limits.requests-per-second)")]
+    RateLimited { retry_after_s: u64 },
 }
 
 impl From<UpstreamError> for Failure {
@@ -93,7 +110,7 @@ pub fn manifest(m: ManifestReply) -> Response<Body> {
     finish(b, m.body.map_or_else(empty, full))
 }
 
-pub fn blob(reply: BlobReply) -> Response<Body> {
+pub fn blob(reply: BlobReply, pacer: &Pacer) -> Response<Body> {
     let status = if reply.content_range.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {
@@ -110,7 +127,7 @@ pub fn blob(reply: BlobReply) -> Response<Body> {
         b = b.header(CONTENT_RANGE, range);
     }
     let body = match reply.body {
-        Some(body) => BodyExt::boxed_unsync(StreamBody::new(body.stream.map_ok(Frame::data))),
+        Some(body) => BodyExt::boxed_unsync(Paced::new(body, pacer.clone())),
         None => empty(),
     };
     finish(b, body)
@@ -163,6 +180,12 @@ pub fn error(failure: &Failure) -> Response<Body> {
 
 fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
     match failure {
+        Failure::Front(FrontRefusal::NotAProxy { .. }) => {
+            (StatusCode::FORBIDDEN, ErrorCode::Denied)
+        }
+        Failure::Front(FrontRefusal::RateLimited { .. }) => {
+            (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+        }
         Failure::Route(e) => match e {
             RouteError::NotApi(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
             RouteError::Invalid(n) => match n {
@@ -215,6 +238,9 @@ fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
 }
 
 fn retry_after(failure: &Failure) -> Option<HeaderValue> {
+    if let Failure::Front(FrontRefusal::RateLimited { retry_after_s }) = failure {
+        return Some(HeaderValue::from(*retry_after_s));
+    }
     let value = match failure {
         Failure::Pull(PullError::RateLimited { retry_after, .. }) => {
             retry_after.as_deref().unwrap_or(DEFAULT_RETRY_AFTER)

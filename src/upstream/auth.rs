@@ -22,6 +22,19 @@ pub const CLIENT_ID: &str = "stevedore";
 
 /// Lifetime assumed when a token response has no `expires_in`.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Longest a token is kept, whatever `expires_in` says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Largest token response read (Docker Hub's are a few KiB).
+const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
+
+fn too_large(registry: &str, realm_host: &str) -> UpstreamError {
+    UpstreamError::Protocol {
+        registry: registry.to_owned(),
+        reason: format!(
+            "token service {realm_host} sent a response larger than {MAX_TOKEN_RESPONSE} bytes"
+        ),
+    }
+}
 
 /// Whether a token realm may receive the credentials meant for a registry endpoint: same
 /// host, same registrable domain (public suffix list), or listed in the registry's
@@ -206,7 +219,7 @@ async fn fetch(req: &TokenRequest<'_>) -> Result<Token, UpstreamError> {
             b
         }
     };
-    let resp = builder
+    let mut resp = builder
         .send()
         .await
         .map_err(|e| UpstreamError::Unreachable {
@@ -238,10 +251,22 @@ async fn fetch(req: &TokenRequest<'_>) -> Result<Token, UpstreamError> {
             }
         });
     }
-    let body = resp.bytes().await.map_err(|e| UpstreamError::Unreachable {
+    if resp
+        .content_length()
+        .is_some_and(|l| l > MAX_TOKEN_RESPONSE as u64)
+    {
+        return Err(too_large(req.registry, &realm_host));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| UpstreamError::Unreachable {
         registry: req.registry.to_owned(),
         reason: format!("token service {realm_host}: {}", describe(&e)),
-    })?;
+    })? {
+        if body.len() + chunk.len() > MAX_TOKEN_RESPONSE {
+            return Err(too_large(req.registry, &realm_host));
+        }
+        body.extend_from_slice(&chunk);
+    }
     let parsed: TokenResponse =
         serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
             registry: req.registry.to_owned(),
@@ -259,7 +284,8 @@ async fn fetch(req: &TokenRequest<'_>) -> Result<Token, UpstreamError> {
     let lifetime = parsed
         .expires_in
         .filter(|s| *s > 0)
-        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+        .min(MAX_TOKEN_LIFETIME);
     Ok(Token {
         value: SecretString::new(value),
         lifetime,

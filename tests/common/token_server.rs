@@ -221,6 +221,8 @@ struct State {
     refresh_tokens: HashMap<String, String>,
     expires_in: Option<u64>,
     token_lifetime: Duration,
+    /// Bytes of filler added to every token response (a hostile token service).
+    padding: usize,
     log: Vec<TokenRequest>,
     per_scope: HashMap<String, u64>,
 }
@@ -326,6 +328,7 @@ impl TokenServer {
                 refresh_tokens: HashMap::new(),
                 expires_in: cfg.expires_in,
                 token_lifetime: cfg.token_lifetime,
+                padding: 0,
                 log: Vec::new(),
                 per_scope: HashMap::new(),
             }),
@@ -447,6 +450,11 @@ impl TokenServer {
         if let Some(s) = secs {
             state.token_lifetime = Duration::from_secs(s);
         }
+    }
+
+    /// Adds `bytes` of filler to every token response from now on.
+    pub fn set_padding(&self, bytes: usize) {
+        self.shared.lock().padding = bytes;
     }
 
     /// All requests received since start or the last [`Self::reset`].
@@ -782,7 +790,7 @@ fn issue(
     scopes: &[String],
     refresh_token: Option<String>,
 ) -> Reply {
-    let (granted, expires_in, lifetime) = {
+    let (granted, expires_in, lifetime, padding) = {
         let state = shared.lock();
         let user = subject.as_ref().and_then(|s| state.users.get(s));
         let granted: Vec<Access> = scopes
@@ -790,7 +798,12 @@ fn issue(
             .filter_map(|s| parse_scope(s))
             .filter_map(|requested| grant(&state, user, requested))
             .collect();
-        (granted, state.expires_in, state.token_lifetime)
+        (
+            granted,
+            state.expires_in,
+            state.token_lifetime,
+            state.padding,
+        )
     };
     let token = sign_token(shared, subject.as_deref().unwrap_or(""), &granted, lifetime);
     let mut body = serde_json::json!({
@@ -803,6 +816,9 @@ fn issue(
     }
     if let Some(refresh) = refresh_token {
         body["refresh_token"] = refresh.into();
+    }
+    if padding > 0 {
+        body["padding"] = "x".repeat(padding).into();
     }
     Reply {
         status: StatusCode::OK,
