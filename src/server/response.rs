@@ -165,6 +165,10 @@ pub fn error(failure: &Failure) -> Response<Body> {
     {
         b = b.header(CONTENT_RANGE, r);
     }
+    if let Failure::Front(FrontRefusal::NotAProxy { .. }) = failure {
+        // A refused CONNECT's client may send TLS next: end the conversation.
+        b = b.header(http::header::CONNECTION, "close");
+    }
     if let Failure::Route(RouteError::Unsupported(_) | RouteError::Method(_)) = failure {
         b = b.header(http::header::ALLOW, "GET, HEAD");
     }
