@@ -3,6 +3,7 @@
 //! starts.
 
 mod model;
+pub mod policy;
 mod secret_source;
 mod validate;
 
@@ -71,7 +72,8 @@ impl Config {
             file: file.to_owned(),
             problems: vec![parse_problem(text, &e)],
         })?;
-        let problems = validate::check(&config);
+        let mut problems = validate::check(&config);
+        problems.extend(policy::problems(config.policy.as_ref()));
         if problems.is_empty() {
             Ok(config)
         } else {

@@ -26,6 +26,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Who may pull what; without it every client may pull from every configured registry.
+    pub policy: Option<super::policy::PolicyConfig>,
     /// Upstream registries by host name as clients spell it (`docker.io`, `ghcr.io`,
     /// `registry.example:5000`).
     #[serde(default)]

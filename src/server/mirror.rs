@@ -1,18 +1,20 @@
 //! The mirror front door: `/v2/…` requests in every client's form. Handlers are thin:
-//! parse → pull service → response.
+//! parse → policy → pull service → response.
 
 use http::header::{ACCEPT, RANGE};
 use http::{HeaderMap, Request, Response};
 
-use super::AppState;
 use super::pacing::Pacer;
 use super::response::{self, Body, Failure};
+use super::{AppState, access};
+use crate::policy::Caller;
 use crate::pull::{ByteRange, ManifestAccept};
 use crate::route::{self, ApiRequest, Route, RouteContext, RouteKind};
 
 pub async fn handle<B>(
     state: &AppState,
     req: &Request<B>,
+    caller: Option<&Caller>,
     pacer: &Pacer,
 ) -> Result<Response<Body>, Failure> {
     let ctx = RouteContext {
@@ -20,9 +22,20 @@ pub async fn handle<B>(
         authority: None,
     };
     let uri = req.uri();
+    let policy = state.policy.as_ref();
     match route::parse(req.method(), uri.path(), uri.query(), &ctx)? {
-        ApiRequest::Ping => Ok(response::ping()),
-        ApiRequest::Read(route) => read(state, &route, req.headers(), pacer).await,
+        ApiRequest::Ping => {
+            access::check_ping(policy, caller)?;
+            Ok(response::ping())
+        }
+        ApiRequest::Read(route) => {
+            let outcome = match access::check(policy, caller, &route) {
+                Ok(()) => read(state, &route, req.headers(), pacer).await,
+                Err(refused) => Err(refused),
+            };
+            access::audit(caller, &route, &outcome);
+            outcome
+        }
     }
 }
 

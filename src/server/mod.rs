@@ -5,6 +5,7 @@
 //! that stop reading (`conn.rs`), and every request is rate limited per client before it is
 //! routed. Response bodies are paced so their memory stays bounded (`pacing.rs`).
 
+mod access;
 mod conn;
 mod metrics;
 pub mod mirror;
@@ -35,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, LimitsConfig};
 use crate::credentials::CredentialStore;
+use crate::policy::Policy;
 use crate::pull::PullService;
 use crate::reference::RegistryHost;
 use crate::store::Store;
@@ -55,7 +57,15 @@ pub struct AppState {
     pub limits: LimitsConfig,
     admission: Admission,
     pub streams: Arc<StreamMemory>,
-    rates: Option<ratelimit::Rates<ClientKey>>,
+    rates: Option<ratelimit::Rates<RateKey>>,
+    pub policy: Option<Policy>,
+}
+
+/// Whom a request rate is counted for: an identified caller, else its address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RateKey {
+    Client(ClientKey),
+    Identity(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +103,7 @@ impl AppState {
             telemetry.observe_store(store);
         }
         let limits = config.limits.clone();
+        warn_if_open(config);
         Ok(Arc::new(Self {
             pull: PullService::new(upstreams, &config.upstream, store, telemetry.clone()),
             default_registry,
@@ -100,6 +111,7 @@ impl AppState {
             admission: Admission::new(&limits),
             streams: StreamMemory::new(limits.stream_buffer.0 as usize),
             rates: ratelimit::Rates::new(limits.requests_per_second, limits.request_burst),
+            policy: config.policy.as_ref().map(Policy::from_config),
             limits,
         }))
     }
@@ -107,6 +119,26 @@ impl AppState {
     /// Client connections open now.
     pub fn open_connections(&self) -> usize {
         self.admission.open()
+    }
+}
+
+/// Says so at start-up when anyone who reaches the listener may pull with stevedore's
+/// credentials.
+fn warn_if_open(config: &Config) {
+    let has_credentials = config.registries.values().any(|r| {
+        r.username.is_some()
+            || r.auth.is_some()
+            || r.identitytoken.is_some()
+            || r.registrytoken.is_some()
+    }) || !config.credentials.docker_config.is_empty()
+        || !config.credentials.kubernetes_secrets.is_empty();
+    if config.policy.is_none() && has_credentials && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "stevedore holds registry credentials and listens beyond loopback without a \
+             [policy] section: anyone who can reach it can pull what those credentials can \
+             (see docs/security.md)"
+        );
     }
 }
 
@@ -260,18 +292,24 @@ async fn front(
             .map_or_else(String::new, ToString::to_string);
         return Err(Failure::Front(FrontRefusal::NotAProxy { authority }));
     }
-    if let Some(rates) = &state.rates
-        && let Err(wait) = rates.check(&ClientKey::of(conn.peer.ip()))
-    {
-        return Err(Failure::Front(FrontRefusal::RateLimited {
-            retry_after_s: ratelimit::retry_after_secs(wait),
-        }));
+    let caller = access::identify(state.policy.as_ref(), conn.peer.ip(), req.headers());
+    if let Some(rates) = &state.rates {
+        let key = match &caller {
+            Ok(Some(c)) if c.authenticated => RateKey::Identity(c.label()),
+            _ => RateKey::Client(ClientKey::of(conn.peer.ip())),
+        };
+        if let Err(wait) = rates.check(&key) {
+            return Err(Failure::Front(FrontRefusal::RateLimited {
+                retry_after_s: ratelimit::retry_after_secs(wait),
+            }));
+        }
     }
+    let caller = caller?;
     let pacer = Pacer {
         memory: state.streams.clone(),
         socket: (req.version() < Version::HTTP_2).then_some(conn.socket),
     };
-    mirror::handle(state, req, &pacer).await
+    mirror::handle(state, req, caller.as_ref(), &pacer).await
 }
 
 /// The request method as a metric label: the standard ones by name, anything else "other",

@@ -19,9 +19,12 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 /// `Docker-Distribution-Api-Version`, on every response of the mirror listener.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const API_VERSION: &str = "registry/2.0";
-const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 /// Set on manifests served past their tag's freshness because the upstream was unavailable.
 pub const STALE_HEADER: &str = "x-stevedore-stale";
+/// The challenge of stevedore's own policy: Basic, which docker, podman, CRI-O and skopeo
+/// answer from their auth files, with the token as the password.
+const CHALLENGE: &str = "Basic realm=\"stevedore\"";
 /// Seconds a client is told to wait when an upstream rate limits without saying how long.
 const DEFAULT_RETRY_AFTER: &str = "60";
 
@@ -31,9 +34,24 @@ pub enum Failure {
     #[error(transparent)]
     Front(#[from] FrontRefusal),
     #[error(transparent)]
+    Policy(#[from] PolicyRefusal),
+    #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
     Pull(#[from] PullError),
+}
+
+/// Requests `[policy]` refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyRefusal {
+    /// The client presented credentials no identity has.
+    #[error("the credentials presented to stevedore are not recognised")]
+    Unrecognised,
+    /// Refused, but credentials would help: answered 401 with a challenge.
+    #[error("{0}")]
+    Challenge(String),
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// Requests the front door refuses before routing them.
@@ -165,6 +183,9 @@ pub fn error(failure: &Failure) -> Response<Body> {
     {
         b = b.header(CONTENT_RANGE, r);
     }
+    if let Failure::Policy(PolicyRefusal::Unrecognised | PolicyRefusal::Challenge(_)) = failure {
+        b = b.header(http::header::WWW_AUTHENTICATE, CHALLENGE);
+    }
     if let Failure::Front(FrontRefusal::NotAProxy { .. }) = failure {
         // A refused CONNECT's client may send TLS next: end the conversation.
         b = b.header(http::header::CONNECTION, "close");
@@ -182,8 +203,17 @@ pub fn error(failure: &Failure) -> Response<Body> {
     finish(b.header(CONTENT_LENGTH, body.len()), full(body))
 }
 
+/// The status a failure is answered with.
+pub fn status_of(failure: &Failure) -> StatusCode {
+    classify(failure).0
+}
+
 fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
     match failure {
+        Failure::Policy(PolicyRefusal::Unrecognised | PolicyRefusal::Challenge(_)) => {
+            (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
+        }
+        Failure::Policy(PolicyRefusal::Denied(_)) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
         Failure::Front(FrontRefusal::NotAProxy { .. }) => {
             (StatusCode::FORBIDDEN, ErrorCode::Denied)
         }

@@ -104,6 +104,9 @@ pub struct SkopeoOptions {
     /// `--src-creds user:pass`; `None` means `--src-no-creds` and an empty
     /// auth file, so nothing can authenticate to an upstream directly.
     pub creds: Option<Credentials>,
+    /// Content of the auth file (`REGISTRY_AUTH_FILE`), used instead of `--src-creds` /
+    /// `--src-no-creds`: credentials for the mirror host itself.
+    pub auth_file: Option<String>,
 }
 
 /// `registries.conf` mapping `upstream_host` to `primary_location` with one
@@ -189,7 +192,7 @@ pub async fn skopeo_pull(
         "registries.conf",
         registries_conf.unwrap_or("unqualified-search-registries = []\n"),
     )?;
-    let auth_path = setup("auth.json", "{}")?;
+    let auth_path = setup("auth.json", opts.auth_file.as_deref().unwrap_or("{}"))?;
     let policy_path = setup(
         "policy.json",
         r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
@@ -220,12 +223,13 @@ pub async fn skopeo_pull(
         .arg("--command-timeout")
         .arg("120s")
         .args(["copy", "--src-tls-verify=false"]);
-    match &opts.creds {
-        Some(c) => {
+    match (&opts.creds, &opts.auth_file) {
+        (Some(c), _) => {
             cmd.arg("--src-creds")
                 .arg(format!("{}:{}", c.username, c.password));
         }
-        None => {
+        (None, Some(_)) => {}
+        (None, None) => {
             cmd.arg("--src-no-creds");
         }
     }

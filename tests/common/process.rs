@@ -19,10 +19,15 @@ impl Process {
     /// Starts `stevedore serve` with `config` (TOML without `[server] listen`, which is set
     /// to a free port on 127.0.0.1; `server_extra` goes into the `[server]` table).
     pub fn start(server_extra: &str, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_on("127.0.0.1", server_extra, config, env)
+    }
+
+    /// [`Process::start`] listening on `ip` (`0.0.0.0` for every address).
+    pub fn start_on(ip: &str, server_extra: &str, config: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("stevedore.toml");
-        let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{server_extra}\n{config}");
+        let text = format!("[server]\nlisten = \"{ip}:{port}\"\n{server_extra}\n{config}");
         std::fs::write(&path, text).expect("write config");
         let log = std::fs::File::create(dir.path().join("stevedore.log")).expect("log file");
         let mut cmd = Command::new(BIN);

@@ -1,5 +1,4 @@
-//! Who may reach what: which registries clients may name, and which network addresses
-//! stevedore may be steered to.
+//! Which network addresses clients may steer stevedore to.
 
 use std::net::IpAddr;
 
