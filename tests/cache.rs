@@ -561,9 +561,8 @@ async fn offline_upstream_still_serves_pulled_images_to_real_clients() {
     ))
     .await;
     let skopeo = SkopeoOptions {
-        all_platforms: false,
         dest: SkopeoDest::Oci,
-        creds: None,
+        ..SkopeoOptions::default()
     };
     let containerd = Containerd::start();
     containerd.configure_mirror(&host, proxy.port(), false);

@@ -16,9 +16,8 @@ use common::token_server::TokenServer;
 
 fn no_creds() -> SkopeoOptions {
     SkopeoOptions {
-        all_platforms: false,
         dest: SkopeoDest::Oci,
-        creds: None,
+        ..SkopeoOptions::default()
     }
 }
 
