@@ -39,10 +39,21 @@ pub mod names {
     pub const UPSTREAM_BYTES: &str = "stevedore.upstream.bytes";
     /// Bytes of content in the store.
     pub const STORE_BYTES: &str = "stevedore.store.bytes";
+    /// Blob misses streamed without being stored (low on space, larger than the store).
+    pub const PASS_THROUGHS: &str = "stevedore.store.pass_throughs";
+    /// 1 while the store is below its free-space watermark.
+    pub const STORE_LOW_SPACE: &str = "stevedore.store.low_space";
+    /// Requests an upstream allows per window (`ratelimit-limit`); label `registry`.
+    pub const UPSTREAM_RATELIMIT_LIMIT: &str = "stevedore.upstream.ratelimit.limit";
+    /// Requests an upstream has left (`ratelimit-remaining`); label `registry`.
+    pub const UPSTREAM_RATELIMIT_REMAINING: &str = "stevedore.upstream.ratelimit.remaining";
 }
 
 /// Reads one of the store's counters.
 type StoreCounter = fn(&Store) -> u64;
+
+/// Reads a gauge kept elsewhere; `None` while its value is not known.
+pub type GaugeRead = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 
 /// How often metrics are exported when nobody scrapes.
 const EXPORT_INTERVAL: Duration = Duration::from_secs(15);
@@ -118,7 +129,7 @@ impl Telemetry {
 
     /// Reports the store's own counters (read when metrics are collected).
     pub fn observe_store(&self, store: &Arc<Store>) {
-        let counters: [(&'static str, StoreCounter); 5] = [
+        let counters: [(&'static str, StoreCounter); 6] = [
             (names::FILLS, |s| load(&s.stats.fills)),
             (names::FILL_RESUMES, |s| load(&s.stats.resumes)),
             (names::DIGEST_MISMATCHES, |s| {
@@ -126,6 +137,7 @@ impl Telemetry {
             }),
             (names::EVICTIONS, |s| load(&s.stats.evictions)),
             (names::UPSTREAM_BYTES, |s| load(&s.stats.upstream_bytes)),
+            (names::PASS_THROUGHS, |s| load(&s.stats.pass_throughs)),
         ];
         for (name, read) in counters {
             let store = Arc::downgrade(store);
@@ -138,12 +150,40 @@ impl Telemetry {
                 })
                 .build();
         }
+        let weak = Arc::downgrade(store);
+        self.meter
+            .u64_observable_gauge(names::STORE_LOW_SPACE)
+            .with_callback(move |o| {
+                if let Some(s) = weak.upgrade() {
+                    o.observe(u64::from(s.low_on_space()), &[]);
+                }
+            })
+            .build();
         let store = Arc::downgrade(store);
         self.meter
             .u64_observable_gauge(names::STORE_BYTES)
             .with_callback(move |o| {
                 if let Some(s) = store.upgrade() {
                     o.observe(s.summary().bytes, &[]);
+                }
+            })
+            .build();
+    }
+
+    /// Reports gauges kept elsewhere, one series per label value (`None`: not known yet).
+    pub fn observe_gauges(
+        &self,
+        name: &'static str,
+        label: &'static str,
+        series: Vec<(String, GaugeRead)>,
+    ) {
+        self.meter
+            .u64_observable_gauge(name)
+            .with_callback(move |o| {
+                for (value, read) in &series {
+                    if let Some(v) = read() {
+                        o.observe(v, &[KeyValue::new(label, value.clone())]);
+                    }
                 }
             })
             .build();

@@ -400,6 +400,25 @@ pub struct RegistryConfig {
     pub identitytoken: Option<SecretSource>,
     /// A bearer token sent to the registry as it is.
     pub registrytoken: Option<SecretSource>,
+    /// How many requests stevedore may send this registry (Docker Hub counts manifest GETs
+    /// against pull limits). With the budget spent, tags are served stale and misses are
+    /// answered `429` with `Retry-After` instead of going upstream.
+    pub budget: Option<BudgetConfig>,
+}
+
+/// An upstream request budget: at most `manifest-gets` manifest GETs and `requests` requests
+/// of any kind per `per`, refilled continuously.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BudgetConfig {
+    pub manifest_gets: Option<u32>,
+    pub requests: Option<u32>,
+    #[serde(default = "default_budget_period", with = "humantime_serde")]
+    pub per: Duration,
+}
+
+fn default_budget_period() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// Keys of the credential fields, for messages.

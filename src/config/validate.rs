@@ -199,6 +199,28 @@ fn check_registry(key: &str, reg: &RegistryConfig, push: &mut impl FnMut(String,
             ),
         }
     }
+    if let Some(b) = &reg.budget {
+        if b.manifest_gets.is_none() && b.requests.is_none() {
+            push(
+                format!("{key}.budget"),
+                "needs manifest-gets or requests".to_owned(),
+            );
+        }
+        for (field, n) in [("manifest-gets", b.manifest_gets), ("requests", b.requests)] {
+            if n == Some(0) {
+                push(
+                    format!("{key}.budget.{field}"),
+                    "must be at least 1 (leave it out for no limit)".to_owned(),
+                );
+            }
+        }
+        if b.per < std::time::Duration::from_secs(1) {
+            push(
+                format!("{key}.budget.per"),
+                "must be at least 1s".to_owned(),
+            );
+        }
+    }
     check_credentials(key, reg, push);
 }
 

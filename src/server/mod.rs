@@ -89,6 +89,7 @@ impl AppState {
         telemetry.observe_counter(crate::telemetry::names::TOKEN_FETCHES, move || {
             tokens.fetches()
         });
+        observe_upstream_limits(&telemetry, &upstreams);
         let store = Store::open(&config.store).map_err(|e| {
             StartError::Config(format!(
                 "store.path: cannot open the content store at {}: {e}",
@@ -120,6 +121,20 @@ impl AppState {
     pub fn open_connections(&self) -> usize {
         self.admission.open()
     }
+}
+
+/// Exports what each configured registry says of its rate limits.
+fn observe_upstream_limits(telemetry: &Telemetry, upstreams: &Upstreams) {
+    use crate::telemetry::{GaugeRead, names};
+    let mut limits: Vec<(String, GaugeRead)> = Vec::new();
+    let mut remaining: Vec<(String, GaugeRead)> = Vec::new();
+    for (registry, l) in upstreams.limits() {
+        let l2 = l.clone();
+        limits.push((registry.clone(), Box::new(move || l.limit())));
+        remaining.push((registry, Box::new(move || l2.remaining())));
+    }
+    telemetry.observe_gauges(names::UPSTREAM_RATELIMIT_LIMIT, "registry", limits);
+    telemetry.observe_gauges(names::UPSTREAM_RATELIMIT_REMAINING, "registry", remaining);
 }
 
 /// Says so at start-up when anyone who reaches the listener may pull with stevedore's

@@ -244,6 +244,9 @@ fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
                 UpstreamError::Unreachable { .. } | UpstreamError::Protocol { .. } => {
                     (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable)
                 }
+                UpstreamError::BudgetSpent { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+                }
                 UpstreamError::Credentials { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable)
                 }
@@ -274,6 +277,11 @@ fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
 fn retry_after(failure: &Failure) -> Option<HeaderValue> {
     if let Failure::Front(FrontRefusal::RateLimited { retry_after_s }) = failure {
         return Some(HeaderValue::from(*retry_after_s));
+    }
+    if let Failure::Pull(PullError::Upstream(UpstreamError::BudgetSpent { retry_after, .. })) =
+        failure
+    {
+        return Some(HeaderValue::from(retry_after.as_secs().max(1)));
     }
     let value = match failure {
         Failure::Pull(PullError::RateLimited { retry_after, .. }) => {

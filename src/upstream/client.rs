@@ -2,12 +2,14 @@
 //! dance (remembered challenges, cached tokens, one refresh on a refused token).
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 use url::Url;
 
 use super::auth::{TokenCache, TokenKey, TokenRequest, realm_may_receive_credentials};
+use super::budget::{Budget, UpstreamLimits};
 use super::challenge::{self, Challenge};
 use super::error::{UpstreamError, describe};
 use crate::credentials::{Credential, CredentialStore};
@@ -62,6 +64,8 @@ pub struct Upstream {
     extra_realms: Vec<String>,
     /// Whether the registry has a section of its own (see `pull::scope`).
     trusted: bool,
+    budget: Option<Budget>,
+    limits: Arc<UpstreamLimits>,
     shared: Arc<Shared>,
 }
 
@@ -107,8 +111,21 @@ impl Upstream {
             allow_private,
             extra_realms,
             trusted: true,
+            budget: None,
+            limits: Arc::default(),
             shared,
         }
+    }
+
+    /// Limits what stevedore sends this registry (`[registries."…".budget]`).
+    pub fn with_budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// What the registry said of its own rate limits last.
+    pub fn limits(&self) -> Arc<UpstreamLimits> {
+        self.limits.clone()
     }
 
     /// Marks a registry reached only because unknown registries are allowed: anyone may
@@ -130,6 +147,7 @@ impl Upstream {
     /// Sends a request to the first endpoint that answers with success; the last endpoint's
     /// answer (or error) stands when none does.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<reqwest::Response, UpstreamError> {
+        self.spend(req)?;
         let credential = self
             .shared
             .credentials
@@ -146,6 +164,9 @@ impl Upstream {
         });
         for (i, ep) in self.endpoints.iter().enumerate() {
             outcome = self.send_to(ep, req, credential.as_ref()).await;
+            if let Ok(r) = &outcome {
+                self.limits.observe(r.headers());
+            }
             match &outcome {
                 Ok(r) if r.status().is_success() => return outcome,
                 _ if i == last => return outcome,
@@ -158,6 +179,29 @@ impl Upstream {
             }
         }
         outcome
+    }
+
+    /// Takes `req` from the budget, or says how long until it may be sent. Manifest GETs are
+    /// what Docker Hub counts against pull limits, and what its `ratelimit-remaining` counts.
+    fn spend(&self, req: &UpstreamRequest) -> Result<(), UpstreamError> {
+        let manifest_get = req.method == Method::GET && req.path.contains("/manifests/");
+        let spent = |retry_after: Duration, whose: &'static str| UpstreamError::BudgetSpent {
+            registry: self.registry.to_string(),
+            retry_after,
+            whose,
+        };
+        if manifest_get && let Some(wait) = self.limits.spent() {
+            return Err(spent(
+                wait,
+                "the registry's own rate limit (ratelimit-remaining: 0)",
+            ));
+        }
+        match &self.budget {
+            Some(b) => b
+                .take(manifest_get)
+                .map_err(|wait| spent(wait, "stevedore's budget for it")),
+            None => Ok(()),
+        }
     }
 
     async fn send_to(

@@ -24,6 +24,16 @@ pub enum UpstreamError {
     /// A token service or redirect answered something stevedore cannot use.
     #[error("upstream {registry} answered unexpectedly: {reason}")]
     Protocol { registry: String, reason: String },
+    /// Sending would exceed a request budget: stevedore's own, or the registry's.
+    #[error(
+        "not asking upstream {registry}: {whose} is spent; retry in {}s",
+        retry_after.as_secs().max(1)
+    )]
+    BudgetSpent {
+        registry: String,
+        retry_after: std::time::Duration,
+        whose: &'static str,
+    },
     /// A credential source failed (a helper, an unreadable secret file).
     #[error("credentials for {registry}: {message}")]
     Credentials { registry: String, message: String },
@@ -32,7 +42,10 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether trying again later (or another endpoint) may help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, UpstreamError::Unreachable { .. })
+        matches!(
+            self,
+            UpstreamError::Unreachable { .. } | UpstreamError::BudgetSpent { .. }
+        )
     }
 }
 

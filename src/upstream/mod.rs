@@ -2,6 +2,7 @@
 //! upstreams for unconfigured registries when `routing.allow-unknown-registries` is on.
 
 mod auth;
+mod budget;
 mod challenge;
 mod client;
 mod error;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use url::Url;
 
 pub use auth::{CLIENT_ID, TokenCache, realm_may_receive_credentials};
+pub use budget::{Budget, UpstreamLimits};
 pub use challenge::{Challenge, parse as parse_challenge};
 pub use client::{Shared, Upstream, UpstreamRequest};
 pub use error::UpstreamError;
@@ -77,7 +79,8 @@ impl Upstreams {
                 reg.allow_private_network,
                 reg.auth_realms.clone(),
                 shared.clone(),
-            );
+            )
+            .with_budget(reg.budget.as_ref().map(Budget::from_config));
             configured.insert(host, Arc::new(upstream));
         }
         let unknown = if config.routing.allow_unknown_registries {
@@ -127,6 +130,14 @@ impl Upstreams {
                 .untrusted(),
             )
         }))
+    }
+
+    /// What each configured registry said of its rate limits, for metrics.
+    pub fn limits(&self) -> Vec<(String, Arc<UpstreamLimits>)> {
+        self.configured
+            .iter()
+            .map(|(host, u)| (host.to_string(), u.limits()))
+            .collect()
     }
 
     /// The token cache, for metrics.

@@ -37,6 +37,8 @@ pub enum Fault {
     Redirect { to: String },
     /// Wait this long, then forward.
     Delay { by: Duration },
+    /// Forward, adding these headers to the answer.
+    AddHeaders(Vec<(String, String)>),
     /// Answer with this status and these headers, empty body.
     Respond {
         status: u16,
@@ -323,6 +325,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     for (name, value) in resp.headers() {
         if !matches!(name.as_str(), "connection" | "transfer-encoding") {
             builder = builder.header(name, value);
+        }
+    }
+    if let Some(Fault::AddHeaders(extra)) = &fault {
+        for (name, value) in extra {
+            builder = builder.header(name.as_str(), value.as_str());
         }
     }
     let mut offset: u64 = 0;
