@@ -93,7 +93,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every client connection is a file,
+/// and `limits.max-connections` should be reachable.
+fn raise_open_files(wanted: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    let have = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    if have < wanted {
+        tracing::warn!(
+            open_files = have,
+            max_connections = wanted,
+            "the open-file limit is below limits.max-connections plus what the store needs: \
+             raise it (ulimit -n) or lower limits.max-connections"
+        );
+    }
+}
+
 fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    raise_open_files(config.limits.max_connections.saturating_mul(2) + 256);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

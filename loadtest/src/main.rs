@@ -4,10 +4,13 @@
 
 mod client;
 mod counter;
+mod hostile;
 mod procs;
+mod raw;
 mod report;
 mod scenarios;
 mod setup;
+mod small;
 mod targets;
 
 use std::path::PathBuf;
@@ -34,13 +37,16 @@ enum What {
 
 impl clap::ValueEnum for What {
     fn value_variants<'a>() -> &'a [Self] {
-        const VARIANTS: [What; 7] = [
+        const VARIANTS: [What; 10] = [
             What::All,
             What::One(Name::ALL[0]),
             What::One(Name::ALL[1]),
             What::One(Name::ALL[2]),
             What::One(Name::ALL[3]),
             What::One(Name::ALL[4]),
+            What::One(Name::ALL[5]),
+            What::One(Name::ALL[6]),
+            What::One(Name::ALL[7]),
             What::Setup,
         ];
         &VARIANTS
@@ -65,7 +71,8 @@ impl clap::ValueEnum for What {
     about = "Benchmark stevedore against nginx (sendfile) and distribution (proxy mode) on loopback"
 )]
 struct Cli {
-    /// Scenario to run: all, warm-1, warm-32, cold-32, tag-head, rss-64, or setup.
+    /// Scenario to run: all, warm-1, warm-32, cold-32, tag-head, rss-64, rss-1000,
+    /// small-answers, abuse-soak, or setup.
     #[arg(value_enum)]
     what: What,
     /// Size of the test blob in MiB (default 1024; 64 with --quick).
@@ -101,6 +108,10 @@ struct Cli {
     /// Duration of tag-head per target, seconds (default 10; 3 with --quick).
     #[arg(long)]
     head_secs: Option<u64>,
+    /// Duration of rss-1000 and of each phase of abuse-soak, seconds (default 20; 5 with
+    /// --quick).
+    #[arg(long)]
+    soak_secs: Option<u64>,
     /// Per-request timeout for blob downloads, seconds (default: derived from
     /// blob size and concurrency, assuming at least 32 MiB/s in aggregate).
     #[arg(long)]
@@ -203,7 +214,13 @@ async fn run(cli: Cli) -> Result<()> {
         } else {
             client::Verify::Digest
         },
+        soak_duration: Duration::from_secs(
+            cli.soak_secs
+                .unwrap_or(if cli.quick { 5 } else { 20 })
+                .max(1),
+        ),
     };
+    raw::raise_open_files();
     let stevedore_bin = match &cli.stevedore_bin {
         Some(p) => p.clone(),
         None => default_stevedore_bin()?,

@@ -128,7 +128,7 @@ fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn scenario_table(s: &ScenarioResult) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\n## {} — {}", s.name, s.description);
-    let heads = s.name == "tag-head";
+    let heads = s.name == "tag-head" || s.name == "small-answers";
     let header: Vec<&str> = if heads {
         vec![
             "target",
@@ -180,6 +180,9 @@ pub fn scenario_table(s: &ScenarioResult) -> String {
         }
         for e in &r.error_samples {
             notes.push(format!("{} error: {e}", r.target));
+        }
+        for n in &r.notes {
+            notes.push(format!("{}: {n}", r.target));
         }
         if heads {
             rows.push(vec![

@@ -36,15 +36,24 @@ pub enum Name {
     TagHead,
     #[value(name = "rss-64")]
     Rss64,
+    #[value(name = "rss-1000")]
+    Rss1000,
+    #[value(name = "small-answers")]
+    SmallAnswers,
+    #[value(name = "abuse-soak")]
+    AbuseSoak,
 }
 
 impl Name {
-    pub const ALL: [Name; 5] = [
+    pub const ALL: [Name; 8] = [
         Name::Warm1,
         Name::Warm32,
         Name::Cold32,
         Name::TagHead,
         Name::Rss64,
+        Name::Rss1000,
+        Name::SmallAnswers,
+        Name::AbuseSoak,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +63,9 @@ impl Name {
             Name::Cold32 => "cold-32",
             Name::TagHead => "tag-head",
             Name::Rss64 => "rss-64",
+            Name::Rss1000 => "rss-1000",
+            Name::SmallAnswers => "small-answers",
+            Name::AbuseSoak => "abuse-soak",
         }
     }
 }
@@ -67,6 +79,8 @@ pub struct Params {
     /// concurrency.
     pub download_timeout: Option<Duration>,
     pub verify: Verify,
+    /// How long the time-bounded scenarios (rss-1000, each phase of abuse-soak) run.
+    pub soak_duration: Duration,
 }
 
 /// One target's numbers in one scenario.
@@ -108,6 +122,8 @@ pub struct TargetResult {
     pub sampled_rss_max_kib: u64,
     /// CPU use during the measured phase (percent of all cores).
     pub cpu: CpuUse,
+    /// What else the scenario observed (hostile clients closed, …).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,6 +206,9 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
             .await?
         }
         Name::TagHead => tag_head(world, params).await?,
+        Name::Rss1000 => return crate::hostile::rss_1000(world, params).await,
+        Name::AbuseSoak => return crate::hostile::abuse_soak(world, params).await,
+        Name::SmallAnswers => return crate::small::small_answers(world, params).await,
     };
     let throughput = |r: &TargetResult| r.mib_per_s;
     let rate = |r: &TargetResult| r.req_per_s;
@@ -216,7 +235,7 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
                 rate,
             );
         }
-        Name::Rss64 => {}
+        Name::Rss64 | Name::Rss1000 | Name::AbuseSoak | Name::SmallAnswers => {}
     }
     Ok(result)
 }
@@ -535,6 +554,7 @@ async fn measure_heads_on(
         peak_rss_kib: peak,
         sampled_rss_max_kib: sampled,
         cpu,
+        notes: Vec::new(),
     };
     eprintln!(
         "loadtest: {}: {} HEADs ok, {} errors, {:.0} req/s",

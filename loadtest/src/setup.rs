@@ -26,6 +26,8 @@ pub struct Image {
     pub blob_digest: String,
     pub blob_bytes: u64,
     pub manifest_digest: String,
+    /// The manifest's bytes, for nginx to serve as a static file of the same size.
+    pub manifest_bytes: Vec<u8>,
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -300,7 +302,7 @@ pub async fn make_image(dir: &Path, origin: SocketAddr, mib: u64, seed: u64) -> 
             reqwest::header::CONTENT_TYPE,
             "application/vnd.oci.image.manifest.v1+json",
         )
-        .body(manifest_bytes)
+        .body(manifest_bytes.clone())
         .send()
         .await
         .context("PUT manifest")?;
@@ -314,5 +316,6 @@ pub async fn make_image(dir: &Path, origin: SocketAddr, mib: u64, seed: u64) -> 
         blob_digest,
         blob_bytes,
         manifest_digest,
+        manifest_bytes,
     })
 }

@@ -112,18 +112,26 @@ impl Target {
         self.kind.name()
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Path and query of the blob.
+    pub fn blob_path(&self, digest: &str) -> String {
+        format!("/v2/{REPO}/blobs/{digest}{}", self.query)
+    }
+
+    /// Path and query of a manifest.
+    pub fn manifest_path(&self, reference: &str) -> String {
+        format!("/v2/{REPO}/manifests/{reference}{}", self.query)
+    }
+
     pub fn blob_url(&self, digest: &str) -> String {
-        format!(
-            "http://{}/v2/{REPO}/blobs/{digest}{}",
-            self.addr, self.query
-        )
+        format!("http://{}{}", self.addr, self.blob_path(digest))
     }
 
     pub fn manifest_url(&self, reference: &str) -> String {
-        format!(
-            "http://{}/v2/{REPO}/manifests/{reference}{}",
-            self.addr, self.query
-        )
+        format!("http://{}{}", self.addr, self.manifest_path(reference))
     }
 
     /// The target's processes (nginx: master and workers).
@@ -256,6 +264,10 @@ http {{
       alias {root}/;
       default_type application/octet-stream;
     }}
+    location /v2/{REPO}/manifests/ {{
+      alias {root}/manifests/;
+      default_type application/vnd.oci.image.manifest.v1+json;
+    }}
   }}
 }}
 ",
@@ -272,6 +284,14 @@ async fn start_nginx(world: &World, dir: PathBuf) -> Result<Target> {
     std::fs::hard_link(&world.image.blob_path, &link)
         .or_else(|_| std::fs::copy(&world.image.blob_path, &link).map(|_| ()))
         .with_context(|| format!("link blob into {}", root.display()))?;
+    // The manifest as a static file, by digest and by tag (small-answers).
+    let manifests = root.join("manifests");
+    std::fs::create_dir_all(&manifests)
+        .with_context(|| format!("create {}", manifests.display()))?;
+    for name in [world.image.manifest_digest.as_str(), setup::TAG] {
+        std::fs::write(manifests.join(name), &world.image.manifest_bytes)
+            .with_context(|| format!("write the manifest into {}", manifests.display()))?;
+    }
     let mut last = None;
     for _ in 0..5 {
         let addr = loopback(free_port()?);
