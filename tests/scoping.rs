@@ -21,7 +21,13 @@ fn client() -> reqwest::Client {
 
 /// Pushes to `repo:tag` an image of its own whose manifest names `subject` (any digest) as
 /// its subject. distribution accepts it: registries do not check that a subject exists.
-async fn push_with_subject(client: &RegistryClient, repo: &str, tag: &str, seed: u64, subject: &str) {
+async fn push_with_subject(
+    client: &RegistryClient,
+    repo: &str,
+    tag: &str,
+    seed: u64,
+    subject: &str,
+) {
     let built = images::build_image(&ImageSpec::seed(seed), &Platform::linux_amd64());
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&built.manifest.bytes).expect("manifest JSON");
@@ -74,7 +80,13 @@ async fn a_subject_never_unlocks_a_private_blob() {
     let get = |host: String, repo: &'static str, what: String| {
         let c = c.clone();
         let url = format!("{}/v2/{repo}/{what}?ns={host}", proxy.url());
-        async move { c.get(url).header("accept", "*/*").send().await.expect("request") }
+        async move {
+            c.get(url)
+                .header("accept", "*/*")
+                .send()
+                .await
+                .expect("request")
+        }
     };
     // The private blob gets into the cache through its own repository.
     let r = get(private.host(), "team/secret", format!("blobs/{layer}")).await;
@@ -83,8 +95,22 @@ async fn a_subject_never_unlocks_a_private_blob() {
 
     // Its digest as the subject of manifests in repositories their authors control: on the
     // public registry, and in another repository of the private one.
-    push_with_subject(&RegistryClient::anonymous(&public), "evil/app", "v1", 1002, &layer).await;
-    push_with_subject(&RegistryClient::admin(&private), "evil/app", "v1", 1003, &layer).await;
+    push_with_subject(
+        &RegistryClient::anonymous(&public),
+        "evil/app",
+        "v1",
+        1002,
+        &layer,
+    )
+    .await;
+    push_with_subject(
+        &RegistryClient::admin(&private),
+        "evil/app",
+        "v1",
+        1003,
+        &layer,
+    )
+    .await;
     for host in [public.host(), private.host()] {
         let r = get(host.clone(), "evil/app", "manifests/v1".to_owned()).await;
         assert_eq!(r.status(), StatusCode::OK, "the manifest itself is served");
@@ -105,4 +131,156 @@ async fn a_subject_never_unlocks_a_private_blob() {
             .expect("head");
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
+}
+
+/// An address outside the restricted ranges, added to the loopback interface for the test
+/// (so that an "unknown registry" on it is reachable at all), removed on drop.
+struct PublicAddress(String);
+
+impl PublicAddress {
+    fn add(last_octet: u8) -> PublicAddress {
+        let ip = format!("198.51.100.{last_octet}");
+        let _ = std::process::Command::new("ip")
+            .args(["addr", "del", &format!("{ip}/32"), "dev", "lo"])
+            .status();
+        let ok = std::process::Command::new("ip")
+            .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .status()
+            .expect("run ip");
+        assert!(ok.success(), "adding {ip} to lo (the tests run as root)");
+        PublicAddress(ip)
+    }
+}
+
+impl Drop for PublicAddress {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_reached_only_as_an_unknown_one_cannot_vouch_for_stored_content() {
+    use common::faults::{Fault, FaultProxy, Rule};
+    use common::pki::Pki;
+    use common::process::Process;
+
+    let private = Registry::htpasswd("admin", "admin-secret");
+    let secret = images::push_image(
+        &private,
+        "team/secret",
+        "v1",
+        &ImageSpec::seed(1011).large_layer(256 << 10),
+    )
+    .await;
+    let (layer, size) = secret.layers.last().cloned().expect("layer");
+    // A hostile registry, reachable only because unknown registries are allowed: a real
+    // registry behind a proxy that answers HEADs for anything, and a manifest that lists the
+    // private layer.
+    let address = PublicAddress::add(21);
+    let pki = Pki::for_names("hostile", &[address.0.as_str()]);
+    let backing = Registry::open();
+    let hostile = FaultProxy::start_tls(&address.0, &backing.url(), &pki).await;
+    let host = hostile.host();
+    hostile.add(
+        Rule::new(
+            &format!("/evil/app/blobs/{layer}"),
+            Fault::Respond {
+                status: 200,
+                headers: vec![
+                    ("content-length".into(), size.to_string()),
+                    ("docker-content-digest".into(), layer.clone()),
+                ],
+            },
+        )
+        .method("HEAD"),
+    );
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": secret.config_digest, "size": 10},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer, "size": size}],
+    })
+    .to_string();
+    hostile.add(Rule::new(
+        "/evil/app/manifests/v1",
+        Fault::Body {
+            status: 200,
+            headers: vec![
+                (
+                    "content-type".into(),
+                    "application/vnd.oci.image.manifest.v1+json".into(),
+                ),
+                (
+                    "docker-content-digest".into(),
+                    sha256_digest(manifest.as_bytes()),
+                ),
+            ],
+            body: manifest,
+        },
+    ));
+    let store = tempfile::tempdir().expect("tempdir");
+    let ca = pki.ca.display().to_string();
+    let proxy = Process::start(
+        "",
+        &format!(
+            "[routing]\nallow-unknown-registries = true\n[store]\npath = \"{}\"\n{}",
+            store.path().display(),
+            registry_section(
+                &private.host(),
+                &private.url(),
+                "username = \"admin\"\npassword = \"admin-secret\""
+            ),
+        ),
+        // Unknown registries use the system's roots: here, the hostile registry's CA.
+        &[("SSL_CERT_FILE", ca.as_str())],
+    );
+    let c = client();
+    let r = c
+        .get(format!(
+            "{}/v2/team/secret/blobs/{layer}?ns={}",
+            proxy.url(),
+            private.host()
+        ))
+        .send()
+        .await
+        .expect("private pull");
+    assert_eq!(r.status(), StatusCode::OK);
+    let url = |what: &str| format!("{}/v2/evil/app/{what}?ns={host}", proxy.url());
+    let r = c
+        .get(url("manifests/v1"))
+        .header("accept", "*/*")
+        .send()
+        .await
+        .expect("hostile manifest");
+    assert_eq!(r.status(), StatusCode::OK, "{}", proxy.log());
+    for _ in 0..2 {
+        // A HEAD first: the hostile registry says yes, which must unlock nothing.
+        let r = c
+            .head(url(&format!("blobs/{layer}")))
+            .send()
+            .await
+            .expect("head");
+        assert!(r.status().is_success() || r.status() == StatusCode::NOT_FOUND);
+        let r = c
+            .get(url(&format!("blobs/{layer}")))
+            .send()
+            .await
+            .expect("get");
+        let status = r.status();
+        let body = r.bytes().await.expect("body");
+        assert_ne!(
+            sha256_digest(&body),
+            layer,
+            "the private layer was served through a registry anyone may run"
+        );
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    assert!(
+        hostile.count("GET", &format!("/blobs/{layer}")) >= 1,
+        "stevedore asked the hostile registry for the bytes themselves"
+    );
 }

@@ -12,16 +12,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::faults::FaultProxy;
 use common::images::{self, ImageSpec, PushedImage};
+use common::pki::Pki;
 use common::registry::Registry;
 use common::stevedore::{Stevedore, registry_section};
 use reqwest::StatusCode;
 use stevedore::config::Config;
 use stevedore::upstream::ProxyEnv;
-use tempfile::TempDir;
 
 use common::pulls::{OCI_ACCEPT, all_blobs, error_of, get, pull_all};
 
@@ -35,69 +35,6 @@ fn toml_path(p: &Path) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Certificates
-
-/// A test CA and a server certificate for `127.0.0.1` (IP SAN) signed by it, as PEM files.
-struct Pki {
-    dir: TempDir,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair, KeyUsagePurpose,
-        };
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-            .expect("self-sign the CA");
-
-        let server_key = KeyPair::generate().expect("server key");
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "127.0.0.1");
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params
-            .signed_by(&server_key, &ca)
-            .expect("sign the server certificate");
-
-        let dir = tempfile::Builder::new()
-            .prefix("pki-")
-            .tempdir()
-            .expect("pki tempdir");
-        let pki = Pki {
-            ca: dir.path().join("ca.pem"),
-            cert: dir.path().join("server.pem"),
-            key: dir.path().join("server-key.pem"),
-            dir,
-        };
-        std::fs::write(&pki.ca, ca.pem()).expect("write ca.pem");
-        std::fs::write(&pki.cert, cert.pem()).expect("write server.pem");
-        std::fs::write(&pki.key, server_key.serialize_pem()).expect("write server-key.pem");
-        pki
-    }
-
-    /// A file in the PKI's directory.
-    fn file(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, content).expect("write test file");
-        path
-    }
-}
 
 /// An image pushed over plain HTTP to one registry and served over HTTPS (certificate from
 /// `pki`) by a second registry on the same storage.

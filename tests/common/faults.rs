@@ -39,6 +39,12 @@ pub enum Fault {
     Delay { by: Duration },
     /// Forward, adding these headers to the answer.
     AddHeaders(Vec<(String, String)>),
+    /// Answer with this status, headers and body.
+    Body {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
     /// Answer with this status and these headers, empty body.
     Respond {
         status: u16,
@@ -135,6 +141,33 @@ impl FaultProxy {
 
     /// A proxy that replaces any `Authorization` with `authorization` when forwarding.
     pub async fn start_with(ip: &str, upstream: &str, authorization: Option<String>) -> Self {
+        Self::start_full(ip, upstream, authorization, None).await
+    }
+
+    /// A proxy serving HTTPS with the certificate and key of `pki` (its clients must trust
+    /// the PKI's CA), forwarding to `upstream`.
+    pub async fn start_tls(ip: &str, upstream: &str, pki: &super::pki::Pki) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
+            .expect("read the certificate")
+            .collect::<Result<_, _>>()
+            .expect("parse the certificate");
+        let key = PrivateKeyDer::from_pem_file(&pki.key).expect("read the key");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("TLS server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_full(ip, upstream, None, Some(acceptor)).await
+    }
+
+    async fn start_full(
+        ip: &str,
+        upstream: &str,
+        authorization: Option<String>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = TcpListener::bind((ip, 0))
             .await
             .expect("bind the fault proxy");
@@ -157,14 +190,24 @@ impl FaultProxy {
                     continue;
                 };
                 let state = task_state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(handle(&state, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -269,6 +312,26 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             if let Some(after) = retry_after {
                 r.headers_mut()
                     .insert("retry-after", after.parse().expect("retry-after value"));
+            }
+            return r;
+        }
+        Some(Fault::Body {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut r = Response::new(
+                Full::new(Bytes::from(body.clone()))
+                    .map_err(|never: Infallible| match never {})
+                    .boxed_unsync(),
+            );
+            *r.status_mut() =
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            for (k, v) in headers {
+                r.headers_mut().append(
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                    v.parse().expect("header value"),
+                );
             }
             return r;
         }

@@ -18,6 +18,7 @@
 pub mod clients;
 pub mod faults;
 pub mod images;
+pub mod pki;
 pub mod process;
 pub mod pulls;
 pub mod registry;
