@@ -77,8 +77,9 @@ async fn measure_on(target: &Target, world: &World, params: &Params) -> Result<V
         &headers,
     );
     let tag_head = request("HEAD", &target.manifest_path(TAG), &headers);
+    let tag_get = request("GET", &target.manifest_path(TAG), &headers);
     // Warm: the tag (GET), the digest, a HEAD.
-    for (req, head) in [(&by_digest, false), (&tag_head, false), (&tag_head, true)] {
+    for (req, head) in [(&tag_get, false), (&by_digest, false), (&tag_head, true)] {
         let warm = request_loop(
             1,
             target.addr(),
