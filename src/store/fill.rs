@@ -247,6 +247,13 @@ async fn pump(
                         "upstream sent more bytes than it announced".to_owned(),
                     ));
                 }
+                // Without an announced size, nothing larger than the store can be kept.
+                if received > store.config.max_size.0 {
+                    return Err(upstream(format!(
+                        "upstream sent more than store.max-size ({} bytes)",
+                        store.config.max_size.0
+                    )));
+                }
                 stats
                     .upstream_bytes
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
