@@ -66,8 +66,13 @@ pub fn split_host_port(s: &str) -> (&str, Option<&str>) {
     if let Some(rest) = s.strip_prefix('[') {
         if let Some(end) = rest.find(']') {
             let host = &s[..end + 2];
-            let port = s[end + 2..].strip_prefix(':');
-            return (host, port);
+            let after = &s[end + 2..];
+            return match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None if after.is_empty() => (host, None),
+                // Anything else after the literal (`[::1]/../x`): not a host at all.
+                None => (s, None),
+            };
         }
         return (s, None);
     }
@@ -343,7 +348,19 @@ mod tests {
             "[::1]"
         );
         for bad in [
-            "", "a b", "host:", "host:abc", "-x.io", "a..b", "h:123456", "[zz]:1",
+            "",
+            "a b",
+            "host:",
+            "host:abc",
+            "-x.io",
+            "a..b",
+            "h:123456",
+            "[zz]:1",
+            // Found by fuzzing: bytes after an IPv6 literal were kept.
+            "[::1]?-ref",
+            "[::1]/../..",
+            "[::1]x",
+            "[::1]:80/x",
         ] {
             assert!(RegistryHost::parse(bad).is_err(), "{bad}");
         }
