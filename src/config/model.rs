@@ -26,6 +26,10 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub proxy: ForwardProxyConfig,
+    #[serde(default)]
+    pub ca: CaConfig,
     /// Who may pull what; without it every client may pull from every configured registry.
     pub policy: Option<super::policy::PolicyConfig>,
     /// Upstream registries by host name as clients spell it (`docker.io`, `ghcr.io`,
@@ -44,6 +48,13 @@ pub struct ServerConfig {
     /// absent; keep it on a private address.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the TLS mirror listener (the same API over HTTPS, h2 by ALPN). Off when
+    /// absent.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// The TLS mirror listener's certificate and client certificates.
+    #[serde(default)]
+    pub tls: TlsListenerConfig,
 }
 
 impl Default for ServerConfig {
@@ -51,8 +62,94 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             metrics_listen: None,
+            tls_listen: None,
+            tls: TlsListenerConfig::default(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsListenerConfig {
+    /// Certificate chain (PEM). Without it, one is issued from stevedore's CA for `names`.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
+    /// Host names and addresses clients use to reach the TLS listener, for the certificate
+    /// issued from stevedore's CA.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// CA certificates (PEM) that client certificates must chain to. Without it no client
+    /// certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+    /// With `client-ca`: refuse clients without a certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// stevedore as the `HTTPS_PROXY` / `HTTP_PROXY` of its clients, on the mirror listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ForwardProxyConfig {
+    /// Serve `CONNECT` (intercepting TLS for registries with a section) and absolute-form
+    /// requests. When off they are refused.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `host:port` pairs a `CONNECT` may be tunnelled to as it is (no interception, no
+    /// caching). Nothing else is ever tunnelled.
+    #[serde(default)]
+    pub tunnel: Vec<String>,
+    /// Let `tunnel` destinations resolve to loopback, private or link-local addresses.
+    #[serde(default)]
+    pub tunnel_private_network: bool,
+}
+
+impl Default for ForwardProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tunnel: Vec::new(),
+            tunnel_private_network: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// stevedore's certificate authority: it signs the certificates of intercepted registries
+/// and, without a certificate of its own, of the TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CaConfig {
+    /// The CA certificate (PEM), e.g. from a Kubernetes secret. Without it, a CA is
+    /// generated in `dir` on first start.
+    pub cert: Option<PathBuf>,
+    /// The CA's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Where a generated CA is kept (`ca.pem`, `ca-key.pem` with mode 0600).
+    #[serde(default = "default_ca_dir")]
+    pub dir: PathBuf,
+    /// Constrain a generated CA to the registries with a section (and the TLS listener's
+    /// names), so its key cannot sign for anything else.
+    #[serde(default = "yes")]
+    pub name_constraints: bool,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            dir: default_ca_dir(),
+            name_constraints: true,
+        }
+    }
+}
+
+fn default_ca_dir() -> PathBuf {
+    PathBuf::from("/var/lib/stevedore/ca")
 }
 
 fn default_listen() -> SocketAddr {

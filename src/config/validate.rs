@@ -6,25 +6,39 @@ use url::Url;
 
 use super::{Config, Problem, RegistryConfig};
 use crate::policy::is_restricted_ip;
-use crate::reference::RegistryHost;
+use crate::reference::{RegistryHost, RegistryPattern};
 
 pub(super) fn check(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut push = |key: String, message: String| out.push(Problem { key, message });
 
-    let mut canonical: BTreeMap<RegistryHost, &str> = BTreeMap::new();
+    let mut canonical: BTreeMap<RegistryPattern, &str> = BTreeMap::new();
     for (name, reg) in &config.registries {
         let key = format!("registries.{name:?}");
-        match RegistryHost::parse(name) {
-            Ok(host) => {
-                if let Some(first) = canonical.insert(host.clone(), name) {
+        match RegistryPattern::parse(name) {
+            Ok(pattern) => {
+                if !pattern.is_exact() && !reg.endpoints.is_empty() {
+                    push(
+                        format!("{key}.endpoints"),
+                        "a section for several registries cannot have endpoints: each \
+                         registry it matches is reached at https://<its host>"
+                            .to_owned(),
+                    );
+                }
+                if let Some(first) = canonical.insert(pattern.clone(), name) {
                     push(
                         key.clone(),
-                        format!("names the same registry as registries.{first:?} ({host})"),
+                        format!("names the same registries as registries.{first:?} ({pattern})"),
                     );
                 }
             }
-            Err(e) => push(key.clone(), e.to_string()),
+            Err(e) => push(
+                key.clone(),
+                format!(
+                    "{e} (or a fully qualified \"host.\", \".domain.\" for its subdomains, \
+                     \".\" for every registry)"
+                ),
+            ),
         }
         check_registry(&key, reg, &mut push);
     }
@@ -364,7 +378,31 @@ mod tests {
     #[test]
     fn docker_hub_aliases_collide() {
         let text = problems("[registries.\"docker.io\"]\n[registries.\"index.docker.io\"]\n");
-        assert!(text.contains("names the same registry"), "{text}");
+        assert!(text.contains("names the same registries"), "{text}");
+        // A fully qualified name is the same registry as its plain key.
+        let text = problems("[registries.\"ghcr.io\"]\n[registries.\"ghcr.io.\"]\n");
+        assert!(text.contains("names the same registries"), "{text}");
+    }
+
+    #[test]
+    fn pattern_sections() {
+        let text = problems(
+            "[registries.\".corp.\"]\nendpoints = [\"https://x.corp\"]\n[registries.\"..\"]\n",
+        );
+        assert!(
+            text.contains("registries.\".corp.\".endpoints: a section for several"),
+            "{text}"
+        );
+        assert!(
+            text.contains("registries.\"..\": invalid registry host"),
+            "{text}"
+        );
+        assert!(
+            problems(
+                "[registries.\".\"]\n[registries.\".corp.\"]\n[registries.\"registry.corp.\"]\n"
+            )
+            .is_empty()
+        );
     }
 
     #[test]

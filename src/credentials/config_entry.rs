@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::{Credential, CredentialError, decode_auth};
 use crate::config::{RegistryConfig, SecretSource};
-use crate::reference::RegistryHost;
+use crate::reference::RegistryPattern;
 use crate::secret::SecretString;
 
 /// The credential fields of one registry section.
@@ -14,7 +14,7 @@ use crate::secret::SecretString;
 pub(super) struct ConfigEntry {
     /// `registries."<host>"` as the config spells it, for messages.
     key: String,
-    host: RegistryHost,
+    pattern: RegistryPattern,
     username: Option<SecretSource>,
     password: Option<SecretSource>,
     auth: Option<SecretSource>,
@@ -39,7 +39,7 @@ impl ConfigEntry {
             return None;
         }
         let key = format!("registries.{name:?}");
-        let Ok(host) = RegistryHost::parse(name) else {
+        let Ok(pattern) = RegistryPattern::parse(name) else {
             tracing::warn!(
                 key,
                 "credentials skipped: the section name is not a registry host"
@@ -48,7 +48,7 @@ impl ConfigEntry {
         };
         Some(Self {
             key,
-            host,
+            pattern,
             username: reg.username.clone(),
             password: reg.password.clone(),
             auth: reg.auth.clone(),
@@ -57,8 +57,8 @@ impl ConfigEntry {
         })
     }
 
-    pub(super) fn host(&self) -> &RegistryHost {
-        &self.host
+    pub(super) fn pattern(&self) -> &RegistryPattern {
+        &self.pattern
     }
 
     pub(super) fn key(&self) -> &str {
@@ -183,7 +183,7 @@ mod tests {
             Some(Credential::RegistryToken("rt".into()))
         );
         let e = entry("username = \"u\"");
-        assert_eq!(e.host().as_str(), "ghcr.io");
+        assert_eq!(e.pattern().to_string(), "ghcr.io");
         assert_eq!(e.key(), "registries.\"Ghcr.io\"");
     }
 

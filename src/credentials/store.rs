@@ -26,7 +26,7 @@ use super::helper::{self, HelperFailure, HelperRunner};
 use super::watch::{Kind, WatchedFile};
 use super::{Credential, CredentialError};
 use crate::config::Config;
-use crate::reference::{RegistryHost, Repository};
+use crate::reference::{RegistryHost, RegistryPattern, Repository, best_match};
 
 /// Every credential source stevedore knows, re-read as they change.
 pub struct CredentialStore {
@@ -37,6 +37,9 @@ pub struct CredentialStore {
 /// What is consulted on the blocking pool: config entries and watched files.
 struct Sources {
     registries: Vec<ConfigEntry>,
+    /// Every `[registries]` section, with or without credentials: only the most specific
+    /// one a registry falls under applies to it.
+    sections: Vec<RegistryPattern>,
     /// Docker config files first, then Kubernetes secrets, each in configured order.
     files: Vec<WatchedFile>,
 }
@@ -100,9 +103,15 @@ impl CredentialStore {
             .kubernetes_secrets
             .iter()
             .map(|p| WatchedFile::new(p.clone(), Kind::KubernetesSecret));
+        let sections = config
+            .registries
+            .keys()
+            .filter_map(|k| RegistryPattern::parse(k).ok())
+            .collect();
         Self {
             sources: Arc::new(Sources {
                 registries,
+                sections,
                 files: docker.chain(k8s).collect(),
             }),
             helpers: HelperRunner::new(creds.helper_timeout, helper_dir),
@@ -158,17 +167,24 @@ impl Sources {
     /// Every candidate for `registry/repository`, most preferred first. Blocking: stats (and
     /// when changed, reads) the files.
     fn candidates(&self, registry: &RegistryHost, repository: &Repository) -> Vec<Candidate> {
-        let host_specificity = registry.as_str().len();
+        let best = best_match(&self.sections, registry).map(|i| &self.sections[i]);
         let mut ranked: Vec<Ranked> = self
             .registries
             .iter()
             .enumerate()
-            .filter(|(_, entry)| entry.host() == registry)
-            .map(|(i, _)| Ranked {
-                specificity: host_specificity,
-                source: 0,
-                within: 0,
-                candidate: Candidate::Config(i),
+            .filter(|(_, entry)| Some(entry.pattern()) == best)
+            .filter_map(|(i, entry)| {
+                // A pattern section is less specific than an entry naming the host itself.
+                let specificity = match entry.pattern().specificity(registry)? {
+                    usize::MAX => registry.as_str().len(),
+                    s => s,
+                };
+                Some(Ranked {
+                    specificity,
+                    source: 0,
+                    within: 0,
+                    candidate: Candidate::Config(i),
+                })
             })
             .collect();
         for (file, watched) in self.files.iter().enumerate() {

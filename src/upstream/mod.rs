@@ -22,19 +22,24 @@ pub use http::{ClientBuildError, ProxyEnv};
 
 use crate::config::{Config, RegistryConfig};
 use crate::credentials::CredentialStore;
-use crate::reference::RegistryHost;
+use crate::reference::{RegistryHost, RegistryPattern, best_match};
 use crate::telemetry::Telemetry;
 
 /// All upstream registries stevedore may talk to.
 pub struct Upstreams {
+    /// Registries with a section of their own.
     configured: HashMap<RegistryHost, Arc<Upstream>>,
-    /// Present when unknown registries are allowed: built on first use, kept for a while.
-    unknown: Option<UnknownRegistries>,
+    /// Sections for several registries (`".domain."`, `"."`, and unknown registries when
+    /// they are allowed); the most specific one applies.
+    patterns: Vec<PatternSection>,
+    /// Upstreams of registries that fell under a pattern: built on first use, kept a while.
+    matched: moka::sync::Cache<RegistryHost, Arc<Upstream>>,
     shared: Arc<Shared>,
 }
 
-struct UnknownRegistries {
-    cache: moka::sync::Cache<RegistryHost, Arc<Upstream>>,
+struct PatternSection {
+    pattern: RegistryPattern,
+    config: RegistryConfig,
     http: reqwest::Client,
 }
 
@@ -63,46 +68,57 @@ impl Upstreams {
             own_listen: config.server.listen,
         };
         let mut configured = HashMap::new();
+        let mut patterns = Vec::new();
         for (name, reg) in &config.registries {
             // Names were validated by Config::load.
-            let Ok(host) = RegistryHost::parse(name) else {
+            let Ok(pattern) = RegistryPattern::parse(name) else {
                 continue;
             };
             let client = http::build_client(reg, &ctx).map_err(|source| BuildError {
                 registry: name.clone(),
                 source,
             })?;
-            let upstream = Upstream::new(
-                host.clone(),
-                endpoints(&host, reg),
-                client,
-                reg.allow_private_network,
-                reg.auth_realms.clone(),
-                shared.clone(),
-            )
-            .with_budget(reg.budget.as_ref().map(Budget::from_config));
-            configured.insert(host, Arc::new(upstream));
+            match pattern {
+                RegistryPattern::Exact(host) => {
+                    let upstream = Upstream::new(
+                        host.clone(),
+                        endpoints(&host, reg),
+                        client,
+                        reg.allow_private_network,
+                        reg.auth_realms.clone(),
+                        shared.clone(),
+                    )
+                    .with_budget(reg.budget.as_ref().map(Budget::from_config));
+                    configured.insert(host, Arc::new(upstream));
+                }
+                pattern => patterns.push(PatternSection {
+                    pattern,
+                    config: reg.clone(),
+                    http: client,
+                }),
+            }
         }
-        let unknown = if config.routing.allow_unknown_registries {
+        let has_catch_all = patterns.iter().any(|p| p.pattern == RegistryPattern::All);
+        if config.routing.allow_unknown_registries && !has_catch_all {
             let http = http::build_client(&RegistryConfig::default(), &ctx).map_err(|source| {
                 BuildError {
                     registry: "(unknown registries)".to_owned(),
                     source,
                 }
             })?;
-            Some(UnknownRegistries {
-                cache: moka::sync::Cache::builder()
-                    .max_capacity(1024)
-                    .time_to_idle(std::time::Duration::from_secs(3600))
-                    .build(),
+            patterns.push(PatternSection {
+                pattern: RegistryPattern::All,
+                config: RegistryConfig::default(),
                 http,
-            })
-        } else {
-            None
-        };
+            });
+        }
         Ok(Self {
             configured,
-            unknown,
+            patterns,
+            matched: moka::sync::Cache::builder()
+                .max_capacity(1024)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
             shared,
         })
     }
@@ -112,24 +128,33 @@ impl Upstreams {
         if let Some(u) = self.configured.get(registry) {
             return Ok(u.clone());
         }
-        let Some(unknown) = &self.unknown else {
+        let Some(i) = best_match(self.patterns.iter().map(|p| &p.pattern), registry) else {
             return Err(UpstreamError::NotConfigured {
                 registry: registry.to_string(),
             });
         };
-        Ok(unknown.cache.get_with(registry.clone(), || {
+        let section = &self.patterns[i];
+        Ok(self.matched.get_with(registry.clone(), || {
             Arc::new(
                 Upstream::new(
                     registry.clone(),
-                    endpoints(registry, &RegistryConfig::default()),
-                    unknown.http.clone(),
-                    false,
-                    Vec::new(),
+                    endpoints(registry, &section.config),
+                    section.http.clone(),
+                    section.config.allow_private_network,
+                    section.config.auth_realms.clone(),
                     self.shared.clone(),
                 )
+                .with_budget(section.config.budget.as_ref().map(Budget::from_config))
+                // A pattern vouches for no single registry (see pull::scope).
                 .untrusted(),
             )
         }))
+    }
+
+    /// Whether `registry` falls under a section (or unknown registries are allowed).
+    pub fn serves(&self, registry: &RegistryHost) -> bool {
+        self.configured.contains_key(registry)
+            || best_match(self.patterns.iter().map(|p| &p.pattern), registry).is_some()
     }
 
     /// What each configured registry said of its rate limits, for metrics.

@@ -4,7 +4,11 @@
 //! Grammar: OCI distribution-spec "Pulling manifests" (`<name>` and `<reference>`) and
 //! image-spec "Digests".
 
+mod pattern;
+
 use std::fmt;
+
+pub use pattern::{RegistryPattern, best_match};
 use std::str::FromStr;
 
 use sha2::Digest as _;
