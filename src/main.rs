@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use stevedore::cli::{self, cache::CacheCommand, prefetch::PrefetchArgs};
+use stevedore::cli::{self, ca::CaCommand, cache::CacheCommand, prefetch::PrefetchArgs};
 use stevedore::config::Config;
 use stevedore::server::{self, AppState};
 use stevedore::upstream::ProxyEnv;
@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// stevedore's certificate authority (for intercepted registries and the TLS listener).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Prefetch(args) => cli::finish(cli::prefetch::run(args)),
         Command::Cache { command } => cli::finish(cli::cache::run(command)),
+        Command::Ca { command } => cli::finish(cli::ca::run(command)),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -144,6 +150,21 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                 metrics,
                 state.clone(),
                 until_stopped(stopped.clone()),
+            ));
+        }
+        if let Some(addr) = config.server.tls_listen {
+            let ca = state.tls.as_ref().map(|t| t.leaves.ca().clone());
+            let tls = stevedore::tls::listener_config(&config, ca.as_deref())
+                .map_err(|e| format!("server.tls-listen: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (server.tls-listen): {e}"))?;
+            tracing::info!(listen = %addr, "TLS mirror listener");
+            tokio::spawn(server::serve_tls(
+                listener,
+                state.clone(),
+                until_stopped(stopped.clone()),
+                tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls)),
             ));
         }
         tokio::spawn(async move {

@@ -1,11 +1,15 @@
 //! Every request is parsed here, once, into a typed [`Route`]. Handlers never slice strings.
 //!
-//! Which registry a request means, in order (see `docs/architecture.md`):
-//! 1. `?ns=<host[:port]>` — containerd mirrors and Contrast add it;
-//! 2. a first path component that looks like a host (`.` or `:` in it, or `localhost`) —
-//!    CRI-O/podman/image-rs path-prefix mirrors and containerd `override_path`;
-//! 3. the authority of a forward-proxy request (CONNECT or absolute-form);
-//! 4. the default registry (docker.io: single-segment names get `library/`).
+//! Which registry a request means (see `docs/architecture.md`):
+//! - a forward-proxy request (inside a CONNECT tunnel, or in absolute form) is for the
+//!   registry its authority names, and only that one: its path is a repository of that
+//!   registry (a first component with a dot is part of the name), and an `?ns=` naming another
+//!   registry is refused;
+//! - otherwise, in order: `?ns=<host[:port]>` (containerd mirrors and Contrast add it); a first
+//!   path component that looks like a host (`.` or `:` in it, or `localhost`: CRI-O, podman and
+//!   image-rs path-prefix mirrors, containerd `override_path`); the default registry.
+//!
+//! On docker.io, single-segment names get `library/`.
 //!
 //! Paths follow the OCI distribution spec, "Endpoints" table (end-1 … end-13).
 
@@ -74,13 +78,15 @@ pub enum RouteError {
     Unsupported(&'static str),
     #[error("method {0} is not allowed here; the pull API takes GET and HEAD")]
     Method(String),
+    #[error("the request is for registry {authority} but ?ns= names {ns}")]
+    Authority { authority: String, ns: String },
 }
 
 /// What the parser needs to know besides the request itself.
 #[derive(Debug, Clone)]
 pub struct RouteContext<'a> {
     pub default_registry: &'a RegistryHost,
-    /// The registry a forward-proxy request was addressed to, if any.
+    /// The registry a forward-proxy request was addressed to, if any: then the only one.
     pub authority: Option<&'a RegistryHost>,
 }
 
@@ -184,6 +190,17 @@ fn pick_registry<'s>(
     query: &Query,
     ctx: &RouteContext<'_>,
 ) -> Result<(RegistryHost, &'s [&'s str], RouteStyle), RouteError> {
+    if let Some(authority) = ctx.authority {
+        if let Some(ns) = &query.ns
+            && RegistryHost::parse(ns).ok().as_ref() != Some(authority)
+        {
+            return Err(RouteError::Authority {
+                authority: authority.to_string(),
+                ns: ns.clone(),
+            });
+        }
+        return Ok((authority.clone(), name, RouteStyle::Implicit));
+    }
     if let Some(ns) = &query.ns {
         let registry = RegistryHost::parse(ns)?;
         // containerd with `override_path` sends `/v2/<ns>/<name>/…?ns=<ns>`.
@@ -203,8 +220,7 @@ fn pick_registry<'s>(
     {
         return Ok((RegistryHost::parse(first)?, rest, RouteStyle::PathPrefix));
     }
-    let registry = ctx.authority.unwrap_or(ctx.default_registry).clone();
-    Ok((registry, name, RouteStyle::Implicit))
+    Ok((ctx.default_registry.clone(), name, RouteStyle::Implicit))
 }
 
 #[derive(Debug, Default)]
@@ -412,6 +428,40 @@ mod tests {
             route(Method::GET, "/v2/a/manifests/x", Some("ns=bad host")),
             Err(RouteError::Invalid(NameError::Registry(_)))
         ));
+    }
+
+    #[test]
+    fn a_proxy_requests_authority_is_its_only_registry() {
+        let default = RegistryHost::parse("docker.io").unwrap();
+        let corp = RegistryHost::parse("registry.corp").unwrap();
+        let ctx = RouteContext {
+            default_registry: &default,
+            authority: Some(&corp),
+        };
+        let get = |path: &str, q: Option<&str>| parse(&Method::GET, path, q, &ctx);
+        let Ok(ApiRequest::Read(r)) = get("/v2/my.org/app/manifests/1", None) else {
+            panic!("parses")
+        };
+        // A dotted first component is part of the repository, not another registry.
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("registry.corp", "my.org/app")
+        );
+        assert!(matches!(
+            get("/v2/app/manifests/1", Some("ns=ghcr.io")),
+            Err(RouteError::Authority { .. })
+        ));
+        assert!(get("/v2/app/manifests/1", Some("ns=registry.corp")).is_ok());
+        let hub = RegistryHost::parse("registry-1.docker.io").unwrap();
+        let ctx = RouteContext {
+            default_registry: &corp,
+            authority: Some(&hub),
+        };
+        let Ok(ApiRequest::Read(r)) = parse(&Method::GET, "/v2/alpine/manifests/3", None, &ctx)
+        else {
+            panic!("parses")
+        };
+        assert_eq!(r.repository.as_str(), "library/alpine");
     }
 
     #[test]

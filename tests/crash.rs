@@ -77,8 +77,9 @@ async fn kill_9_during_fills_leaves_a_verifiable_store() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[ca]\ndir = \"{}\"\n[store]\npath = \"{}\"\n\
              [registries.\"{host}\"]\nendpoints = [\"{}\"]\nallow-private-network = true\n",
+            dir.path().join("ca").display(),
             store.display(),
             faults.url()
         ),

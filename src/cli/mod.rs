@@ -1,9 +1,10 @@
 //! The command-line tools besides `serve`: `prefetch` warms the content store through the pull
-//! engine, `cache` inspects and maintains a store directory.
+//! engine, `cache` inspects and maintains a store directory, `ca show` prints stevedore's CA.
 //!
 //! Exit status: 0 on success, 1 when the work failed (an image could not be prefetched,
 //! `cache verify` found bad content), 2 when it could not start (a bad config, no store).
 
+pub mod ca;
 pub mod cache;
 pub mod image;
 pub mod platform;

@@ -68,7 +68,7 @@ pub fn run(args: PrefetchArgs) -> Result<ExitCode, CliError> {
         .map_err(CliError::setup)?;
     let progress = Progress::new(std::io::stderr().is_terminal());
     runtime()?.block_on(async {
-        let state = AppState::new(config, &ProxyEnv::from_process())
+        let state = AppState::engine_only(config, &ProxyEnv::from_process())
             .map_err(|e| CliError::setup(e.to_string()))?;
         Ok(prefetch(
             &state,

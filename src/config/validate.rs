@@ -69,6 +69,51 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
         );
     }
 
+    let tls = &config.server.tls;
+    if tls.cert.is_some() != tls.key.is_some() {
+        push(
+            "server.tls".to_owned(),
+            "give both cert and key (or neither, to have one issued from stevedore's CA)"
+                .to_owned(),
+        );
+    }
+    if config.server.tls_listen.is_some() && tls.cert.is_none() && tls.names.is_empty() {
+        push(
+            "server.tls.names".to_owned(),
+            "the TLS listener needs cert and key, or names to issue a certificate for".to_owned(),
+        );
+    }
+    for (key, path) in [
+        ("server.tls.cert", &tls.cert),
+        ("server.tls.key", &tls.key),
+        ("server.tls.client-ca", &tls.client_ca),
+        ("ca.cert", &config.ca.cert),
+        ("ca.key", &config.ca.key),
+    ] {
+        if let Some(p) = path
+            && let Err(e) = std::fs::metadata(p)
+        {
+            push(key.to_owned(), format!("cannot read {}: {e}", p.display()));
+        }
+    }
+    if config.ca.cert.is_some() != config.ca.key.is_some() {
+        push(
+            "ca".to_owned(),
+            "give both cert and key (or neither, to have a CA generated in ca.dir)".to_owned(),
+        );
+    }
+    for (i, t) in config.proxy.tunnel.iter().enumerate() {
+        let ok = t
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            push(
+                format!("proxy.tunnel[{i}]"),
+                format!("{t:?} is not host:port"),
+            );
+        }
+    }
+
     let limits = &config.limits;
     for (key, zero) in [
         (

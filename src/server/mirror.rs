@@ -9,17 +9,21 @@ use super::response::{self, Body, Failure};
 use super::{AppState, access};
 use crate::policy::Caller;
 use crate::pull::{ByteRange, ManifestAccept};
+use crate::reference::RegistryHost;
 use crate::route::{self, ApiRequest, Route, RouteContext, RouteKind};
 
+/// Serves a mirror request; `authority` is the registry of a forward-proxy request (the only
+/// one it may name).
 pub async fn handle<B>(
     state: &AppState,
     req: &Request<B>,
     caller: Option<&Caller>,
     pacer: &Pacer,
+    authority: Option<&RegistryHost>,
 ) -> Result<Response<Body>, Failure> {
     let ctx = RouteContext {
         default_registry: &state.default_registry,
-        authority: None,
+        authority,
     };
     let uri = req.uri();
     let policy = state.policy.as_ref();

@@ -10,6 +10,7 @@ mod conn;
 mod metrics;
 pub mod mirror;
 mod pacing;
+mod proxy;
 mod ratelimit;
 pub mod response;
 
@@ -30,17 +31,18 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::{Config, LimitsConfig};
+use crate::config::{Config, ForwardProxyConfig, LimitsConfig};
 use crate::credentials::CredentialStore;
 use crate::policy::Policy;
 use crate::pull::PullService;
 use crate::reference::RegistryHost;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use crate::tls::{CertName, Leaves};
 use crate::upstream::{ProxyEnv, Upstreams};
 use conn::{Activity, Admission, Timeouts, Watched};
 use pacing::{Guarded, Pacer};
@@ -59,6 +61,14 @@ pub struct AppState {
     pub streams: Arc<StreamMemory>,
     rates: Option<ratelimit::Rates<RateKey>>,
     pub policy: Option<Policy>,
+    pub proxy: ForwardProxyConfig,
+    /// stevedore's CA and the leaves it mints; `None` when there is no CA to use.
+    pub tls: Option<Arc<TlsState>>,
+}
+
+/// What TLS interception needs.
+pub struct TlsState {
+    pub leaves: Leaves,
 }
 
 /// Whom a request rate is counted for: an identified caller, else its address.
@@ -80,6 +90,19 @@ impl AppState {
     /// Builds the engine from a validated config. `env` carries the process's proxy
     /// variables (read once, in `main`).
     pub fn new(config: &Config, env: &ProxyEnv) -> Result<Arc<Self>, StartError> {
+        Self::build(config, env, tls_state(config))
+    }
+
+    /// The engine alone, for the command-line tools: no CA is loaded or generated.
+    pub fn engine_only(config: &Config, env: &ProxyEnv) -> Result<Arc<Self>, StartError> {
+        Self::build(config, env, None)
+    }
+
+    fn build(
+        config: &Config,
+        env: &ProxyEnv,
+        tls: Option<Arc<TlsState>>,
+    ) -> Result<Arc<Self>, StartError> {
         let default_registry = RegistryHost::parse(&config.routing.default_registry)
             .map_err(|e| StartError::Config(format!("routing.default-registry: {e}")))?;
         let credentials = Arc::new(CredentialStore::from_config(config));
@@ -113,6 +136,8 @@ impl AppState {
             streams: StreamMemory::new(limits.stream_buffer.0 as usize),
             rates: ratelimit::Rates::new(limits.requests_per_second, limits.request_burst),
             policy: config.policy.as_ref().map(Policy::from_config),
+            proxy: config.proxy.clone(),
+            tls,
             limits,
         }))
     }
@@ -120,6 +145,37 @@ impl AppState {
     /// Client connections open now.
     pub fn open_connections(&self) -> usize {
         self.admission.open()
+    }
+}
+
+/// stevedore's CA, loaded or generated, when the forward proxy or the TLS listener needs it.
+/// Without one interception is refused (and said so), but the mirror still serves.
+fn tls_state(config: &Config) -> Option<Arc<TlsState>> {
+    if !config.proxy.enabled && config.server.tls_listen.is_none() {
+        return None;
+    }
+    let permits = crate::tls::permits(config);
+    match crate::tls::Ca::load(&config.ca, &permits) {
+        Ok(ca) => {
+            let uncovered = ca.uncovered(&permits);
+            if !uncovered.is_empty() {
+                tracing::error!(
+                    names = ?uncovered,
+                    dir = %config.ca.dir.display(),
+                    "stevedore's CA is name-constrained and does not cover these names: \
+                     clients will refuse their certificates. Remove the CA directory to generate \
+                     a new CA (and give clients the new certificate), or set \
+                     [ca] name-constraints = false before generating it"
+                );
+            }
+            Some(Arc::new(TlsState {
+                leaves: Leaves::new(Arc::new(ca)),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no CA: CONNECT to registries is refused");
+            None
+        }
     }
 }
 
@@ -161,17 +217,84 @@ fn warn_if_open(config: &Config) {
 #[derive(Clone)]
 struct ConnInfo {
     peer: SocketAddr,
+    /// The client's TCP socket (for pacing response bodies).
     socket: RawFd,
     activity: Arc<Activity>,
+    /// Inside an intercepted CONNECT tunnel: the registry it is for.
+    tunnel: Option<Arc<TunnelTarget>>,
+    /// The client certificate presented to the TLS listener, if any.
+    client_cert: Option<Arc<rustls::pki_types::CertificateDer<'static>>>,
+    /// The task serving a CONNECT that took this connection over.
+    upgraded: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
-/// Serves the mirror API on `listener` until `shutdown` resolves, then drains.
+/// What an intercepted tunnel is for.
+#[derive(Debug, Clone)]
+struct TunnelTarget {
+    registry: RegistryHost,
+    /// The name the client used (and must present as SNI).
+    name: CertName,
+}
+
+impl ConnInfo {
+    fn new(peer: SocketAddr, socket: RawFd, activity: Arc<Activity>) -> Self {
+        Self {
+            peer,
+            socket,
+            activity,
+            tunnel: None,
+            client_cert: None,
+            upgraded: Arc::default(),
+        }
+    }
+
+    fn with_client_cert(mut self, certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Self {
+        self.client_cert = certs
+            .and_then(|c| c.first())
+            .map(|c| Arc::new(c.clone().into_owned()));
+        self
+    }
+
+    fn hold_tunnel(&self, task: tokio::task::JoinHandle<()>) {
+        if let Ok(mut slot) = self.upgraded.lock() {
+            *slot = Some(task);
+        }
+    }
+
+    fn take_tunnel(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.upgraded.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+/// Serves the mirror API (and the forward proxy) on `listener` until `shutdown` resolves,
+/// then drains.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let builder = http_builder(&state.limits);
+    serve_listener(listener, state, shutdown, None).await
+}
+
+/// Serves the mirror API over TLS on `listener` until `shutdown` resolves, then drains.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<()> {
+    serve_listener(listener, state, shutdown, Some(acceptor)).await
+}
+
+/// Time a client of the TLS listener has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_listener(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
     let timeouts = Timeouts::from(&state.limits);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -197,23 +320,45 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let activity = Activity::new();
-                let info = ConnInfo { peer, socket: stream.as_raw_fd(), activity: activity.clone() };
-                let state = state.clone();
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    let info = info.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req, &info).await) }
-                });
-                let io = TokioIo::new(Watched::new(stream, activity.clone()));
-                let conn = graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+                let info = ConnInfo::new(peer, stream.as_raw_fd(), activity.clone());
+                let io = Watched::new(stream, activity.clone());
+                let (state, tls, watcher) = (state.clone(), tls.clone(), graceful.watcher());
                 tokio::spawn(async move {
                     let _ticket = ticket;
+                    let watchdog = conn::watchdog(activity, timeouts);
+                    tokio::pin!(watchdog);
+                    let conn_info = info.clone();
+                    let served = async move {
+                        let info = conn_info;
+                        match tls {
+                            None => serve_conn(state, io, info, Some(watcher)).await,
+                            Some(acceptor) => {
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                                    Ok(Ok(stream)) => {
+                                        let info = info.with_client_cert(stream.get_ref().1.peer_certificates());
+                                        serve_conn(state, stream, info, Some(watcher)).await;
+                                    }
+                                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
-                        ended = conn => if let Err(e) = ended {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        },
-                        why = conn::watchdog(activity, timeouts) => {
+                        () = served => {}
+                        why = &mut watchdog => {
                             tracing::info!(%peer, reason = why, "closing connection");
+                            return;
+                        }
+                    }
+                    // A CONNECT took the connection over: watch it while the tunnel lasts.
+                    if let Some(mut tunnel) = info.take_tunnel() {
+                        tokio::select! {
+                            _ = &mut tunnel => {}
+                            why = &mut watchdog => {
+                                tracing::info!(%peer, reason = why, "closing tunnel");
+                                tunnel.abort();
+                            }
                         }
                     }
                 });
@@ -229,6 +374,43 @@ pub async fn serve(
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
     Ok(())
+}
+
+/// Serves HTTP (1.1 or 2) on one connection until it ends (or is upgraded by a CONNECT).
+async fn serve_conn<I>(state: Arc<AppState>, io: I, info: ConnInfo, watcher: Option<Watcher>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = http_builder(&state.limits);
+    let peer = info.peer;
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req, &info).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    let ended = match watcher {
+        Some(w) => w.watch(conn).await,
+        None => conn.await,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves the requests inside an intercepted CONNECT tunnel. Boxed: a tunnel is served from
+/// within the request that opened it.
+fn serve_inner<I>(
+    state: Arc<AppState>,
+    io: I,
+    info: ConnInfo,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(serve_conn(state, io, info, None))
 }
 
 /// HTTP/1.1 and HTTP/2 (h2c) with the configured limits.
@@ -261,10 +443,14 @@ async fn refuse(mut stream: TcpStream, why: conn::Refusal) {
     .await;
 }
 
-async fn handle(state: &AppState, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+async fn handle(
+    state: &Arc<AppState>,
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Response<Body> {
     let in_flight = conn.activity.request_started();
     let started = Instant::now();
-    let mut resp = match front(state, &req, conn).await {
+    let mut resp = match front(state, &mut req, conn).await {
         Ok(r) => r,
         Err(e) => response::error(&e),
     };
@@ -293,20 +479,39 @@ async fn handle(state: &AppState, req: Request<Incoming>, conn: &ConnInfo) -> Re
 
 /// Checks that apply to every request, then the mirror.
 async fn front(
-    state: &AppState,
-    req: &Request<Incoming>,
+    state: &Arc<AppState>,
+    req: &mut Request<Incoming>,
     conn: &ConnInfo,
 ) -> Result<Response<Body>, Failure> {
-    // A forward-proxy request names its registry in its authority; answering it from the
-    // default registry would resolve a tag asked for on one registry on another.
+    // A forward-proxy request names its registry in its authority, and is answered for that
+    // registry only: answering it from another would resolve a tag asked for on one registry
+    // on another.
     let absolute_form = req.version() < Version::HTTP_2 && req.uri().authority().is_some();
-    if req.method() == Method::CONNECT || absolute_form {
-        let authority = req
-            .uri()
-            .authority()
-            .map_or_else(String::new, ToString::to_string);
-        return Err(Failure::Front(FrontRefusal::NotAProxy { authority }));
-    }
+    let authority = match &conn.tunnel {
+        Some(target) => {
+            if req.method() == Method::CONNECT {
+                return Err(Failure::Front(FrontRefusal::NotAProxy {
+                    authority: "a CONNECT inside a tunnel".to_owned(),
+                }));
+            }
+            proxy::check_inner_authority(target, req.uri())?;
+            Some(target.registry.clone())
+        }
+        None if req.method() == Method::CONNECT || absolute_form => {
+            if !state.proxy.enabled {
+                let authority = req
+                    .uri()
+                    .authority()
+                    .map_or_else(String::new, ToString::to_string);
+                return Err(Failure::Front(FrontRefusal::NotAProxy { authority }));
+            }
+            if req.method() == Method::CONNECT {
+                return proxy::connect(state, req, conn).await;
+            }
+            Some(proxy::absolute_registry(state, req.uri())?)
+        }
+        None => None,
+    };
     let caller = access::identify(state.policy.as_ref(), conn.peer.ip(), req.headers());
     if let Some(rates) = &state.rates {
         let key = match &caller {
@@ -324,7 +529,7 @@ async fn front(
         memory: state.streams.clone(),
         socket: (req.version() < Version::HTTP_2).then_some(conn.socket),
     };
-    mirror::handle(state, req, caller.as_ref(), &pacer).await
+    mirror::handle(state, req, caller.as_ref(), &pacer, authority.as_ref()).await
 }
 
 /// The request method as a metric label: the standard ones by name, anything else "other",

@@ -65,6 +65,9 @@ pub enum FrontRefusal {
          prefix)"
     )]
     NotAProxy { authority: String },
+    /// A forward-proxy request stevedore will not serve.
+    #[error("stevedore refuses to proxy to {authority:?}: {reason}")]
+    ProxyRefused { authority: String, reason: String },
     /// The client is over `limits.requests-per-second`.
     #[error("too many requests from this client (limits.requests-per-second)")]
     RateLimited { retry_after_s: u64 },
@@ -99,6 +102,11 @@ fn finish(b: http::response::Builder, body: Body) -> Response<Body> {
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         r
     })
+}
+
+/// `200` to a `CONNECT`: the tunnel is open.
+pub fn connected() -> Response<Body> {
+    finish(builder(StatusCode::OK), empty())
 }
 
 /// `GET /v2/`: stevedore accepts anonymous clients, so this is always 200.
@@ -186,7 +194,9 @@ pub fn error(failure: &Failure) -> Response<Body> {
     if let Failure::Policy(PolicyRefusal::Unrecognised | PolicyRefusal::Challenge(_)) = failure {
         b = b.header(http::header::WWW_AUTHENTICATE, CHALLENGE);
     }
-    if let Failure::Front(FrontRefusal::NotAProxy { .. }) = failure {
+    if let Failure::Front(FrontRefusal::NotAProxy { .. } | FrontRefusal::ProxyRefused { .. }) =
+        failure
+    {
         // A refused CONNECT's client may send TLS next: end the conversation.
         b = b.header(http::header::CONNECTION, "close");
     }
@@ -214,7 +224,7 @@ fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
             (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
         }
         Failure::Policy(PolicyRefusal::Denied(_)) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
-        Failure::Front(FrontRefusal::NotAProxy { .. }) => {
+        Failure::Front(FrontRefusal::NotAProxy { .. } | FrontRefusal::ProxyRefused { .. }) => {
             (StatusCode::FORBIDDEN, ErrorCode::Denied)
         }
         Failure::Front(FrontRefusal::RateLimited { .. }) => {
@@ -234,6 +244,7 @@ fn classify(failure: &Failure) -> (StatusCode, ErrorCode) {
             RouteError::Unsupported(_) | RouteError::Method(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported)
             }
+            RouteError::Authority { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
         },
         Failure::Pull(e) => match e {
             PullError::Upstream(u) => match u {

@@ -27,7 +27,13 @@ impl Process {
         let port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("stevedore.toml");
-        let text = format!("[server]\nlisten = \"{ip}:{port}\"\n{server_extra}\n{config}");
+        let mut text = format!("[server]\nlisten = \"{ip}:{port}\"\n{server_extra}\n{config}");
+        if !text.contains("[ca]") {
+            text.push_str(&format!(
+                "\n[ca]\ndir = \"{}\"\n",
+                dir.path().join("ca").display()
+            ));
+        }
         std::fs::write(&path, text).expect("write config");
         let log = std::fs::File::create(dir.path().join("stevedore.log")).expect("log file");
         let mut cmd = Command::new(BIN);

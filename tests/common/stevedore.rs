@@ -12,6 +12,7 @@ pub struct Stevedore {
     pub state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    _ca_dir: tempfile::TempDir,
 }
 
 impl Stevedore {
@@ -34,7 +35,14 @@ impl Stevedore {
     /// can write its address into the config, e.g. as `[server] listen`).
     pub async fn start_on(listener: tokio::net::TcpListener, config: &str, env: &ProxyEnv) -> Self {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let config = match Config::from_toml(config, "test config") {
+        // Each instance gets a CA of its own unless the test configures one.
+        let ca_dir = tempfile::tempdir().expect("CA tempdir");
+        let config = if config.contains("[ca]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[ca]\ndir = \"{}\"\n", ca_dir.path().display())
+        };
+        let config = match Config::from_toml(&config, "test config") {
             Ok(c) => c,
             Err(e) => panic!("test config is invalid:\n{e}"),
         };
@@ -56,6 +64,7 @@ impl Stevedore {
             state,
             shutdown: Some(tx),
             task: Some(task),
+            _ca_dir: ca_dir,
         }
     }
 
