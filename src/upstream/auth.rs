@@ -40,6 +40,15 @@ fn too_large(registry: &str, realm_host: &str) -> UpstreamError {
 /// host, same registrable domain (public suffix list), or listed in the registry's
 /// `auth-realms`; and never over plain HTTP when the registry is reached over HTTPS.
 pub fn realm_may_receive_credentials(realm: &Url, endpoint: &Url, extra_realms: &[String]) -> bool {
+    // A realm listed as a full URL (scheme, host, port) is trusted as listed, plain HTTP
+    // included: the operator said so explicitly.
+    if extra_realms
+        .iter()
+        .filter_map(|r| Url::parse(r).ok())
+        .any(|u| u.has_host() && u.origin() == realm.origin())
+    {
+        return true;
+    }
     if realm.scheme() == "http" && endpoint.scheme() == "https" {
         return false;
     }
@@ -341,6 +350,22 @@ mod tests {
             "https://login.example.net/t",
             "https://r.example.com",
             &["https://login.example.net/oauth"]
+        ));
+        // A plain-HTTP realm of an HTTPS registry only when listed with its scheme and port.
+        assert!(!ok(
+            "http://127.0.0.1:9/token",
+            "https://127.0.0.1:5000",
+            &["127.0.0.1"]
+        ));
+        assert!(ok(
+            "http://127.0.0.1:9/token",
+            "https://127.0.0.1:5000",
+            &["http://127.0.0.1:9"]
+        ));
+        assert!(!ok(
+            "http://127.0.0.1:10/token",
+            "https://127.0.0.1:5000",
+            &["http://127.0.0.1:9"]
         ));
     }
 

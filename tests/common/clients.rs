@@ -107,6 +107,10 @@ pub struct SkopeoOptions {
     /// Content of the auth file (`REGISTRY_AUTH_FILE`), used instead of `--src-creds` /
     /// `--src-no-creds`: credentials for the mirror host itself.
     pub auth_file: Option<String>,
+    /// `--src-cert-dir`: CA certificates (`*.crt`) to trust, with TLS verification on.
+    pub cert_dir: Option<PathBuf>,
+    /// Extra environment (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`).
+    pub env: Vec<(String, String)>,
 }
 
 /// `registries.conf` mapping `upstream_host` to `primary_location` with one
@@ -222,7 +226,17 @@ pub async fn skopeo_pull(
         .arg(&tmp)
         .arg("--command-timeout")
         .arg("120s")
-        .args(["copy", "--src-tls-verify=false"]);
+        .arg("copy");
+    match &opts.cert_dir {
+        Some(dir) => {
+            cmd.arg("--src-tls-verify=true")
+                .arg("--src-cert-dir")
+                .arg(dir);
+        }
+        None => {
+            cmd.arg("--src-tls-verify=false");
+        }
+    }
     match (&opts.creds, &opts.auth_file) {
         (Some(c), _) => {
             cmd.arg("--src-creds")
@@ -240,6 +254,9 @@ pub async fn skopeo_pull(
         cmd.arg("--preserve-digests");
     }
     cmd.arg(format!("docker://{reference}")).arg(&dest);
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
     // No credentials from the environment, ever.
     cmd.env("REGISTRY_AUTH_FILE", &auth_path)
         .env("HOME", dir.path())
@@ -346,6 +363,8 @@ pub struct CtrPullOptions {
     /// Use `ctr content fetch` (download only) instead of `ctr images pull`
     /// (download + unpack into the native snapshotter).
     pub fetch_only: bool,
+    /// Extra environment for `ctr`, which fetches in its own process (`HTTPS_PROXY`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -491,7 +510,19 @@ disabled_plugins = [
 
     /// Runs `ctr --address <sock> --namespace stevedore-test <args>`.
     pub async fn ctr(&self, args: &[&str]) -> Result<std::process::Output, CommandError> {
+        self.ctr_env(args, &[]).await
+    }
+
+    /// [`Self::ctr`] with extra environment.
+    pub async fn ctr_env(
+        &self,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<std::process::Output, CommandError> {
         let mut cmd = tokio::process::Command::new("ctr");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
@@ -542,7 +573,7 @@ disabled_plugins = [
             args.extend(["--user", user]);
         }
         args.push(reference);
-        let output = self.ctr(&args).await?;
+        let output = self.ctr_env(&args, &opts.env).await?;
         let log = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -640,13 +671,30 @@ pub async fn oci_client_pull_via_mirror(
 /// Pulls `reference` over plain HTTP with the given auth; an index resolves
 /// to linux/amd64.
 pub async fn oci_client_pull(reference: &str, auth: RegistryAuth) -> Result<PullResult, BoxError> {
+    oci_client_pull_with(
+        reference,
+        auth,
+        ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        },
+    )
+    .await
+}
+
+/// Pulls `reference` with `config` (e.g. HTTPS through a proxy, with extra roots, as image-rs
+/// configures it); an index resolves to linux/amd64.
+pub async fn oci_client_pull_with(
+    reference: &str,
+    auth: RegistryAuth,
+    config: ClientConfig,
+) -> Result<PullResult, BoxError> {
     let reference: oci_client::Reference = reference
         .parse()
         .map_err(|e| format!("invalid reference {reference}: {e}"))?;
     let client = oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
         platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
-        ..ClientConfig::default()
+        ..config
     });
     let (manifest, manifest_digest, list_digest) = client
         .pull_image_manifest_and_list_digest(&reference, &auth)

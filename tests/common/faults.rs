@@ -141,12 +141,23 @@ impl FaultProxy {
 
     /// A proxy that replaces any `Authorization` with `authorization` when forwarding.
     pub async fn start_with(ip: &str, upstream: &str, authorization: Option<String>) -> Self {
-        Self::start_full(ip, upstream, authorization, None).await
+        Self::start_full(ip, upstream, authorization, None, None).await
     }
 
     /// A proxy serving HTTPS with the certificate and key of `pki` (its clients must trust
     /// the PKI's CA), forwarding to `upstream`.
     pub async fn start_tls(ip: &str, upstream: &str, pki: &super::pki::Pki) -> Self {
+        Self::start_tls_to(ip, upstream, pki, None).await
+    }
+
+    /// [`FaultProxy::start_tls`] to an HTTPS `upstream` whose certificate chains to
+    /// `upstream_ca` (PEM file).
+    pub async fn start_tls_to(
+        ip: &str,
+        upstream: &str,
+        pki: &super::pki::Pki,
+        upstream_ca: Option<&std::path::Path>,
+    ) -> Self {
         use rustls::pki_types::pem::PemObject as _;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
@@ -159,7 +170,7 @@ impl FaultProxy {
             .with_single_cert(certs, key)
             .expect("TLS server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Self::start_full(ip, upstream, None, Some(acceptor)).await
+        Self::start_full(ip, upstream, None, Some(acceptor), upstream_ca).await
     }
 
     async fn start_full(
@@ -167,6 +178,7 @@ impl FaultProxy {
         upstream: &str,
         authorization: Option<String>,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        upstream_ca: Option<&std::path::Path>,
     ) -> Self {
         let listener = TcpListener::bind((ip, 0))
             .await
@@ -177,11 +189,17 @@ impl FaultProxy {
             inject_authorization: authorization,
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .expect("fault proxy client"),
+            client: {
+                let mut b = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy();
+                if let Some(ca) = upstream_ca {
+                    let pem = std::fs::read(ca).expect("read the upstream CA");
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("upstream CA");
+                    b = b.tls_certs_merge(certs);
+                }
+                b.build().expect("fault proxy client")
+            },
         });
         let task_state = state.clone();
         let task = tokio::spawn(async move {
