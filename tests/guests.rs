@@ -54,10 +54,10 @@ impl Lab {
         // The token server speaks plain HTTP: listed with its scheme, it may get credentials.
         let realm = url::Url::parse(tokens.url()).expect("realm URL");
         let proxy = Stevedore::start(&format!(
-            "[registries.\"{REGISTRY}\"]\nendpoints = [\"{}\"]\nca-certs = [\"{}\"]\n\
+            "[registries.\"{REGISTRY}\"]\nendpoints = [\"https://{}\"]\nca-certs = [\"{}\"]\n\
              allow-private-network = true\nauth-realms = [\"{}\"]\n\
              username = \"puller\"\npassword = \"puller-secret\"\n{extra}",
-            format!("https://{}", faults.host()),
+            faults.host(),
             pki.ca.display(),
             realm.origin().ascii_serialization(),
         ))
