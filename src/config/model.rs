@@ -325,6 +325,10 @@ pub struct CredentialsConfig {
     /// `.dockerconfigjson` file itself or the directory that holds it.
     #[serde(default)]
     pub kubernetes_secrets: Vec<PathBuf>,
+    /// `containers-auth.json` files as Confidential Containers give guests (the docker config
+    /// format; credential helpers are ignored), read on every change.
+    #[serde(default)]
+    pub containers_auth: Vec<PathBuf>,
     /// Longest a `docker-credential-<name> get` may run.
     #[serde(default = "default_helper_timeout", with = "humantime_serde")]
     pub helper_timeout: Duration,
@@ -335,6 +339,7 @@ impl Default for CredentialsConfig {
         Self {
             docker_config: Vec::new(),
             kubernetes_secrets: Vec::new(),
+            containers_auth: Vec::new(),
             helper_timeout: default_helper_timeout(),
         }
     }

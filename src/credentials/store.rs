@@ -103,6 +103,10 @@ impl CredentialStore {
             .kubernetes_secrets
             .iter()
             .map(|p| WatchedFile::new(p.clone(), Kind::KubernetesSecret));
+        let coco = creds
+            .containers_auth
+            .iter()
+            .map(|p| WatchedFile::new(p.clone(), Kind::ContainersAuth));
         let sections = config
             .registries
             .keys()
@@ -112,7 +116,7 @@ impl CredentialStore {
             sources: Arc::new(Sources {
                 registries,
                 sections,
-                files: docker.chain(k8s).collect(),
+                files: docker.chain(k8s).chain(coco).collect(),
             }),
             helpers: HelperRunner::new(creds.helper_timeout, helper_dir),
         }
@@ -223,6 +227,7 @@ fn current(watched: &WatchedFile) -> Option<Arc<AuthFile>> {
         let kind = match watched.kind() {
             Kind::DockerConfig => "docker config",
             Kind::KubernetesSecret => "Kubernetes secret",
+            Kind::ContainersAuth => "containers-auth.json",
         };
         if snapshot.file.is_some() {
             tracing::warn!(error = %problem, "{kind} skipped: still using its last good content");
@@ -307,6 +312,7 @@ impl fmt::Debug for CredentialStore {
             .field("registries", &registries)
             .field("docker_config", &files(Kind::DockerConfig))
             .field("kubernetes_secrets", &files(Kind::KubernetesSecret))
+            .field("containers_auth", &files(Kind::ContainersAuth))
             .field("helper_timeout", &self.helpers.timeout())
             .finish()
     }

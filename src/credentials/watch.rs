@@ -34,6 +34,9 @@ pub(super) enum Kind {
     DockerConfig,
     /// A `.dockerconfigjson` file, or a directory holding one.
     KubernetesSecret,
+    /// A `containers-auth.json` as Confidential Containers give guests: the docker config
+    /// format without credential helpers.
+    ContainersAuth,
 }
 
 pub(super) struct WatchedFile {
@@ -171,7 +174,7 @@ impl WatchedFile {
         }
         let helpers = match self.kind {
             Kind::DockerConfig => Helpers::Allowed,
-            Kind::KubernetesSecret => Helpers::Ignored,
+            Kind::KubernetesSecret | Kind::ContainersAuth => Helpers::Ignored,
         };
         match docker_config::parse(&path, &bytes, helpers) {
             Ok(parsed) => {

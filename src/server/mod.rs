@@ -202,7 +202,8 @@ fn warn_if_open(config: &Config) {
             || r.identitytoken.is_some()
             || r.registrytoken.is_some()
     }) || !config.credentials.docker_config.is_empty()
-        || !config.credentials.kubernetes_secrets.is_empty();
+        || !config.credentials.kubernetes_secrets.is_empty()
+        || !config.credentials.containers_auth.is_empty();
     if config.policy.is_none() && has_credentials && !config.server.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %config.server.listen,
