@@ -52,8 +52,8 @@ pub mod names {
 /// Reads one of the store's counters.
 type StoreCounter = fn(&Store) -> u64;
 
-/// Reads a gauge kept elsewhere; `None` while its value is not known.
-pub type GaugeRead = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+/// Reads gauges kept elsewhere: one value per label value, those known now.
+pub type GaugesRead = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 /// How often metrics are exported when nobody scrapes.
 const EXPORT_INTERVAL: Duration = Duration::from_secs(15);
@@ -170,20 +170,13 @@ impl Telemetry {
             .build();
     }
 
-    /// Reports gauges kept elsewhere, one series per label value (`None`: not known yet).
-    pub fn observe_gauges(
-        &self,
-        name: &'static str,
-        label: &'static str,
-        series: Vec<(String, GaugeRead)>,
-    ) {
+    /// Reports gauges kept elsewhere, one series per label value.
+    pub fn observe_gauges(&self, name: &'static str, label: &'static str, read: GaugesRead) {
         self.meter
             .u64_observable_gauge(name)
             .with_callback(move |o| {
-                for (value, read) in &series {
-                    if let Some(v) = read() {
-                        o.observe(v, &[KeyValue::new(label, value.clone())]);
-                    }
+                for (value, v) in read() {
+                    o.observe(v, &[KeyValue::new(label, value)]);
                 }
             })
             .build();

@@ -2,6 +2,7 @@
 //! a bad file is reported completely and precisely (file, key, what is wrong) before anything
 //! starts.
 
+pub mod contrast;
 mod model;
 pub mod policy;
 mod secret_source;
@@ -48,6 +49,24 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The registry sections in effect: the config's, with those of the Contrast files
+    /// merged in (a file that cannot be read now contributes nothing, and says so).
+    pub fn effective_registries(&self) -> Registries {
+        let files: Vec<_> = self
+            .credentials
+            .contrast
+            .iter()
+            .filter_map(|p| match contrast::read(p) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!(file = %p.display(), error = %e, "Contrast file skipped");
+                    None
+                }
+            })
+            .collect();
+        contrast::merge(&self.registries, &files)
+    }
+
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
@@ -74,6 +93,14 @@ impl Config {
         })?;
         let mut problems = validate::check(&config);
         problems.extend(policy::problems(config.policy.as_ref()));
+        for (i, path) in config.credentials.contrast.iter().enumerate() {
+            if let Err(e) = contrast::read(path) {
+                problems.push(Problem {
+                    key: format!("credentials.contrast[{i}]"),
+                    message: format!("{}: {e}", path.display()),
+                });
+            }
+        }
         if problems.is_empty() {
             Ok(config)
         } else {

@@ -329,6 +329,11 @@ pub struct CredentialsConfig {
     /// format; credential helpers are ignored), read on every change.
     #[serde(default)]
     pub containers_auth: Vec<PathBuf>,
+    /// Contrast image-puller configuration files (TOML): their `[registries."<name>."]`
+    /// sections act as registry sections of this config (credentials, `ca-certs`,
+    /// `insecure-skip-verify`), re-read when they change.
+    #[serde(default)]
+    pub contrast: Vec<PathBuf>,
     /// Longest a `docker-credential-<name> get` may run.
     #[serde(default = "default_helper_timeout", with = "humantime_serde")]
     pub helper_timeout: Duration,
@@ -340,6 +345,7 @@ impl Default for CredentialsConfig {
             docker_config: Vec::new(),
             kubernetes_secrets: Vec::new(),
             containers_auth: Vec::new(),
+            contrast: Vec::new(),
             helper_timeout: default_helper_timeout(),
         }
     }
@@ -479,6 +485,10 @@ pub struct RegistryConfig {
     /// Extra CA certificates (PEM files) trusted for this registry's endpoints.
     #[serde(default)]
     pub ca_certs: Vec<PathBuf>,
+    /// CA certificates (PEM) that replace the roots for this registry: what a Contrast
+    /// image-puller file's `ca-certs` says (not a key of stevedore's own config).
+    #[serde(skip)]
+    pub ca_pem: Option<String>,
     /// Accept any TLS certificate. For lab registries only.
     #[serde(default)]
     pub insecure_skip_verify: bool,

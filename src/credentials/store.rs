@@ -18,14 +18,14 @@
 use std::cmp::Reverse;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use super::config_entry::ConfigEntry;
 use super::docker_config::AuthFile;
 use super::helper::{self, HelperFailure, HelperRunner};
 use super::watch::{Kind, WatchedFile};
 use super::{Credential, CredentialError};
-use crate::config::Config;
+use crate::config::{Config, Registries};
 use crate::reference::{RegistryHost, RegistryPattern, Repository, best_match};
 
 /// Every credential source stevedore knows, re-read as they change.
@@ -36,19 +36,40 @@ pub struct CredentialStore {
 
 /// What is consulted on the blocking pool: config entries and watched files.
 struct Sources {
-    registries: Vec<ConfigEntry>,
-    /// Every `[registries]` section, with or without credentials: only the most specific
-    /// one a registry falls under applies to it.
-    sections: Vec<RegistryPattern>,
-    /// Docker config files first, then Kubernetes secrets, each in configured order.
+    /// The registry sections in effect, swapped whole when they are reloaded.
+    sections: RwLock<Arc<Sections>>,
+    /// Docker config files first, then Kubernetes secrets, then containers-auth files, each
+    /// in configured order.
     files: Vec<WatchedFile>,
 }
 
+/// The credentials of the registry sections in effect.
+struct Sections {
+    registries: Vec<ConfigEntry>,
+    /// Every section, with or without credentials: only the most specific one a registry
+    /// falls under applies to it.
+    patterns: Vec<RegistryPattern>,
+}
+
+impl Sections {
+    fn of(registries: &Registries) -> Self {
+        Self {
+            registries: registries
+                .iter()
+                .filter_map(|(name, reg)| ConfigEntry::from_section(name, reg))
+                .collect(),
+            patterns: registries
+                .keys()
+                .filter_map(|k| RegistryPattern::parse(k).ok())
+                .collect(),
+        }
+    }
+}
+
 /// A source that may hold the credential, not yet asked.
-#[derive(Debug)]
 enum Candidate {
-    /// `Sources::registries[i]`.
-    Config(usize),
+    /// A registry section with a credential.
+    Config(ConfigEntry),
     /// An `auths` entry of `Sources::files[file]`.
     Entry { file: usize, credential: Credential },
     /// A `credHelpers` / `credsStore` helper named in `Sources::files[file]`.
@@ -78,22 +99,28 @@ const WITHIN_ALIAS_KEY: u8 = 2;
 const WITHIN_CREDS_STORE: u8 = 3;
 
 impl CredentialStore {
-    pub fn from_config(config: &Config) -> Self {
-        Self::build(config, None)
+    /// The credential sources of `config`, with `registries` as the sections in effect (see
+    /// `Config::effective_registries`).
+    pub fn from_config(config: &Config, registries: &Registries) -> Self {
+        Self::build(config, registries, None)
     }
 
     /// A store that runs credential helpers from `dir` instead of `PATH`.
     #[cfg(test)]
     pub(crate) fn with_helper_dir(config: &Config, dir: PathBuf) -> Self {
-        Self::build(config, Some(dir))
+        Self::build(config, &config.registries, Some(dir))
     }
 
-    fn build(config: &Config, helper_dir: Option<PathBuf>) -> Self {
-        let registries = config
-            .registries
-            .iter()
-            .filter_map(|(name, reg)| ConfigEntry::from_section(name, reg))
-            .collect();
+    /// Swaps in the credentials of `registries`.
+    pub fn reload(&self, registries: &Registries) {
+        *self
+            .sources
+            .sections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Sections::of(registries));
+    }
+
+    fn build(config: &Config, registries: &Registries, helper_dir: Option<PathBuf>) -> Self {
         let creds = &config.credentials;
         let docker = creds
             .docker_config
@@ -107,15 +134,9 @@ impl CredentialStore {
             .containers_auth
             .iter()
             .map(|p| WatchedFile::new(p.clone(), Kind::ContainersAuth));
-        let sections = config
-            .registries
-            .keys()
-            .filter_map(|k| RegistryPattern::parse(k).ok())
-            .collect();
         Self {
             sources: Arc::new(Sources {
-                registries,
-                sections,
+                sections: RwLock::new(Arc::new(Sections::of(registries))),
                 files: docker.chain(k8s).chain(coco).collect(),
             }),
             helpers: HelperRunner::new(creds.helper_timeout, helper_dir),
@@ -137,10 +158,9 @@ impl CredentialStore {
         };
         for candidate in candidates {
             let found = match &candidate {
-                Candidate::Config(i) => {
-                    let sources = Arc::clone(&self.sources);
-                    let i = *i;
-                    tokio::task::spawn_blocking(move || sources.registries[i].read())
+                Candidate::Config(entry) => {
+                    let entry = entry.clone();
+                    tokio::task::spawn_blocking(move || entry.read())
                         .await
                         .map_err(|_| CredentialError::Task)??
                 }
@@ -171,13 +191,13 @@ impl Sources {
     /// Every candidate for `registry/repository`, most preferred first. Blocking: stats (and
     /// when changed, reads) the files.
     fn candidates(&self, registry: &RegistryHost, repository: &Repository) -> Vec<Candidate> {
-        let best = best_match(&self.sections, registry).map(|i| &self.sections[i]);
-        let mut ranked: Vec<Ranked> = self
+        let sections = self.sections();
+        let best = best_match(&sections.patterns, registry).map(|i| &sections.patterns[i]);
+        let mut ranked: Vec<Ranked> = sections
             .registries
             .iter()
-            .enumerate()
-            .filter(|(_, entry)| Some(entry.pattern()) == best)
-            .filter_map(|(i, entry)| {
+            .filter(|entry| Some(entry.pattern()) == best)
+            .filter_map(|entry| {
                 // A pattern section is less specific than an entry naming the host itself.
                 let specificity = match entry.pattern().specificity(registry)? {
                     usize::MAX => registry.as_str().len(),
@@ -187,7 +207,7 @@ impl Sources {
                     specificity,
                     source: 0,
                     within: 0,
-                    candidate: Candidate::Config(i),
+                    candidate: Candidate::Config(entry.clone()),
                 })
             })
             .collect();
@@ -201,14 +221,18 @@ impl Sources {
         ranked.into_iter().map(|r| r.candidate).collect()
     }
 
+    fn sections(&self) -> Arc<Sections> {
+        self.sections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Where a candidate comes from, for logs.
     fn describe(&self, candidate: &Candidate) -> String {
         let file = |i: usize| self.files.get(i).map(|f| f.path().display().to_string());
         match candidate {
-            Candidate::Config(i) => self
-                .registries
-                .get(*i)
-                .map_or_else(String::new, |e| e.key().to_owned()),
+            Candidate::Config(entry) => entry.key().to_owned(),
             Candidate::Entry { file: i, .. } => {
                 format!("auths in {}", file(*i).unwrap_or_default())
             }
@@ -299,7 +323,8 @@ fn helper_error(f: HelperFailure) -> CredentialError {
 
 impl fmt::Debug for CredentialStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let registries: Vec<&str> = self.sources.registries.iter().map(|e| e.key()).collect();
+        let sections = self.sources.sections();
+        let registries: Vec<&str> = sections.registries.iter().map(|e| e.key()).collect();
         let files = |kind: Kind| {
             self.sources
                 .files

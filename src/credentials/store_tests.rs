@@ -49,7 +49,10 @@ fn config(text: &str) -> Config {
 }
 
 fn store(text: &str) -> CredentialStore {
-    CredentialStore::from_config(&config(text))
+    {
+        let c = config(text);
+        CredentialStore::from_config(&c, &c.registries)
+    }
 }
 
 async fn get(store: &CredentialStore, host: &str, repo: &str) -> Option<Credential> {

@@ -69,7 +69,7 @@ pub struct DocumentReply {
 }
 
 pub struct PullService {
-    pub(super) upstreams: Upstreams,
+    pub(super) upstreams: Arc<Upstreams>,
     pub(super) max_manifest_bytes: usize,
     pub(super) store: Option<Arc<Store>>,
     /// Tag records by registry, repository, tag and Accept set; concurrent revalidations of
@@ -86,7 +86,7 @@ pub struct PullService {
 
 impl PullService {
     pub fn new(
-        upstreams: Upstreams,
+        upstreams: Arc<Upstreams>,
         upstream: &UpstreamConfig,
         store: Option<Arc<Store>>,
         telemetry: Arc<Telemetry>,

@@ -105,9 +105,16 @@ impl AppState {
     ) -> Result<Arc<Self>, StartError> {
         let default_registry = RegistryHost::parse(&config.routing.default_registry)
             .map_err(|e| StartError::Config(format!("routing.default-registry: {e}")))?;
-        let credentials = Arc::new(CredentialStore::from_config(config));
+        let registries = config.effective_registries();
+        let credentials = Arc::new(CredentialStore::from_config(config, &registries));
         let telemetry = Arc::new(Telemetry::new());
-        let upstreams = Upstreams::from_config(config, credentials, env, &telemetry)?;
+        let upstreams = Arc::new(Upstreams::from_config(
+            config,
+            &registries,
+            credentials.clone(),
+            env,
+            &telemetry,
+        )?);
         let tokens = upstreams.tokens();
         telemetry.observe_counter(crate::telemetry::names::TOKEN_FETCHES, move || {
             tokens.fetches()
@@ -128,6 +135,7 @@ impl AppState {
         }
         let limits = config.limits.clone();
         warn_if_open(config);
+        watch_contrast_files(config, &upstreams, &credentials);
         Ok(Arc::new(Self {
             pull: PullService::new(upstreams, &config.upstream, store, telemetry.clone()),
             default_registry,
@@ -179,18 +187,106 @@ fn tls_state(config: &Config) -> Option<Arc<TlsState>> {
     }
 }
 
-/// Exports what each configured registry says of its rate limits.
-fn observe_upstream_limits(telemetry: &Telemetry, upstreams: &Upstreams) {
-    use crate::telemetry::{GaugeRead, names};
-    let mut limits: Vec<(String, GaugeRead)> = Vec::new();
-    let mut remaining: Vec<(String, GaugeRead)> = Vec::new();
-    for (registry, l) in upstreams.limits() {
-        let l2 = l.clone();
-        limits.push((registry.clone(), Box::new(move || l.limit())));
-        remaining.push((registry, Box::new(move || l2.remaining())));
+/// How often Contrast files are checked for a change.
+const CONTRAST_CHECK: Duration = Duration::from_secs(5);
+
+/// Re-reads the Contrast files when they change and swaps in the registry sections they give,
+/// credentials and TLS settings alike. A file that does not parse keeps the sections in use.
+fn watch_contrast_files(
+    config: &Config,
+    upstreams: &Arc<Upstreams>,
+    credentials: &Arc<CredentialStore>,
+) {
+    let files = config.credentials.contrast.clone();
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if files.is_empty() {
+        return;
     }
-    telemetry.observe_gauges(names::UPSTREAM_RATELIMIT_LIMIT, "registry", limits);
-    telemetry.observe_gauges(names::UPSTREAM_RATELIMIT_REMAINING, "registry", remaining);
+    let own = config.registries.clone();
+    let (upstreams, credentials) = (Arc::downgrade(upstreams), Arc::downgrade(credentials));
+    runtime.spawn(async move {
+        let stamp = |files: &[std::path::PathBuf]| {
+            files
+                .iter()
+                .map(|p| {
+                    std::fs::metadata(p)
+                        .ok()
+                        .map(|m| (m.len(), m.modified().ok(), std::os::unix::fs::MetadataExt::ino(&m)))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut last = stamp(&files);
+        loop {
+            tokio::time::sleep(CONTRAST_CHECK).await;
+            let (Some(upstreams), Some(credentials)) = (upstreams.upgrade(), credentials.upgrade())
+            else {
+                return;
+            };
+            let files2 = files.clone();
+            let Ok((now, parsed)) = tokio::task::spawn_blocking(move || {
+                let now = stamp(&files2);
+                let parsed: Result<Vec<_>, String> = files2
+                    .iter()
+                    .map(|p| crate::config::contrast::read(p).map_err(|e| format!("{}: {e}", p.display())))
+                    .collect();
+                (now, parsed)
+            })
+            .await
+            else {
+                continue;
+            };
+            if now == last {
+                continue;
+            }
+            last = now;
+            match parsed {
+                Ok(sections) => {
+                    let merged = crate::config::contrast::merge(&own, &sections);
+                    match upstreams.reload(&merged) {
+                        Ok(()) => {
+                            credentials.reload(&merged);
+                            tracing::info!("Contrast files changed: registry sections reloaded");
+                        }
+                        Err(e) => tracing::error!(error = %e, "Contrast files changed, but a section cannot be used: keeping the current ones"),
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "a Contrast file does not parse: keeping the current registry sections"),
+            }
+        }
+    });
+}
+
+/// Exports what each registry says of its rate limits.
+fn observe_upstream_limits(telemetry: &Telemetry, upstreams: &Arc<Upstreams>) {
+    use crate::telemetry::names;
+    let u = Arc::downgrade(upstreams);
+    telemetry.observe_gauges(
+        names::UPSTREAM_RATELIMIT_LIMIT,
+        "registry",
+        Box::new(move || {
+            u.upgrade().map_or_else(Vec::new, |u| {
+                u.limits()
+                    .into_iter()
+                    .filter_map(|(r, limit, _)| Some((r, limit?)))
+                    .collect()
+            })
+        }),
+    );
+    let u = Arc::downgrade(upstreams);
+    telemetry.observe_gauges(
+        names::UPSTREAM_RATELIMIT_REMAINING,
+        "registry",
+        Box::new(move || {
+            u.upgrade().map_or_else(Vec::new, |u| {
+                u.limits()
+                    .into_iter()
+                    .filter_map(|(r, _, remaining)| Some((r, remaining?)))
+                    .collect()
+            })
+        }),
+    );
 }
 
 /// Says so at start-up when anyone who reaches the listener may pull with stevedore's

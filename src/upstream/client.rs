@@ -123,9 +123,11 @@ impl Upstream {
         self
     }
 
-    /// What the registry said of its own rate limits last.
-    pub fn limits(&self) -> Arc<UpstreamLimits> {
-        self.limits.clone()
+    /// Records what the registry says of its own rate limits in `limits` (shared with the
+    /// upstreams that replace this one when sections are reloaded).
+    pub fn with_limits(mut self, limits: Arc<UpstreamLimits>) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Marks a registry reached only because unknown registries are allowed: anyone may

@@ -118,7 +118,12 @@ pub fn build_client(
             .map_err(|e| ClientBuildError::Certs(format!("{}: {e}", path.display())))?;
         certs.extend(bundle);
     }
-    if !certs.is_empty() {
+    if let Some(pem) = &reg.ca_pem {
+        // Contrast's ca-certs replace the roots; with no certificate in it nothing verifies.
+        let only = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| ClientBuildError::Certs(format!("ca-certs of a Contrast file: {e}")))?;
+        b = b.tls_certs_only(only);
+    } else if !certs.is_empty() {
         b = b.tls_certs_merge(certs);
     }
     if reg.insecure_skip_verify {

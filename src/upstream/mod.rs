@@ -1,5 +1,7 @@
-//! The upstream side: one [`Upstream`] per registry, built from the config, plus on-demand
-//! upstreams for unconfigured registries when `routing.allow-unknown-registries` is on.
+//! The upstream side: one [`Upstream`] per registry, built from the registry sections in
+//! effect (the config's, and those of Contrast files), plus on-demand upstreams for registries
+//! that fall under a pattern section, or under nothing when `routing.allow-unknown-registries`
+//! is on. The sections can be swapped at run time ([`Upstreams::reload`]).
 
 mod auth;
 mod budget;
@@ -9,7 +11,8 @@ mod error;
 mod http;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use url::Url;
 
@@ -20,13 +23,26 @@ pub use client::{Shared, Upstream, UpstreamRequest};
 pub use error::UpstreamError;
 pub use http::{ClientBuildError, ProxyEnv};
 
-use crate::config::{Config, RegistryConfig};
+use crate::config::{Config, Registries, RegistryConfig, UpstreamConfig};
 use crate::credentials::CredentialStore;
 use crate::reference::{RegistryHost, RegistryPattern, best_match};
 use crate::telemetry::Telemetry;
 
 /// All upstream registries stevedore may talk to.
 pub struct Upstreams {
+    table: RwLock<Arc<Table>>,
+    shared: Arc<Shared>,
+    /// What building clients needs besides a section.
+    upstream: UpstreamConfig,
+    env: ProxyEnv,
+    own_listen: SocketAddr,
+    allow_unknown: bool,
+    /// What each registry said of its rate limits, kept across reloads (for metrics).
+    limits: Mutex<HashMap<RegistryHost, Arc<UpstreamLimits>>>,
+}
+
+/// The registries of one set of sections.
+struct Table {
     /// Registries with a section of their own.
     configured: HashMap<RegistryHost, Arc<Upstream>>,
     /// Sections for several registries (`".domain."`, `"."`, and unknown registries when
@@ -34,7 +50,6 @@ pub struct Upstreams {
     patterns: Vec<PatternSection>,
     /// Upstreams of registries that fell under a pattern: built on first use, kept a while.
     matched: moka::sync::Cache<RegistryHost, Arc<Upstream>>,
-    shared: Arc<Shared>,
 }
 
 struct PatternSection {
@@ -51,8 +66,10 @@ pub struct BuildError {
 }
 
 impl Upstreams {
+    /// Upstreams for the sections of `registries` (see [`Config::effective_registries`]).
     pub fn from_config(
         config: &Config,
+        registries: &Registries,
         credentials: Arc<CredentialStore>,
         env: &ProxyEnv,
         telemetry: &Telemetry,
@@ -62,14 +79,36 @@ impl Upstreams {
             tokens: Arc::new(TokenCache::default()),
             requests: telemetry.upstream_requests.clone(),
         });
-        let ctx = http::ClientContext {
-            upstream: &config.upstream,
-            env,
+        let upstreams = Self {
+            table: RwLock::new(Arc::new(Table::empty())),
+            shared,
+            upstream: config.upstream.clone(),
+            env: env.clone(),
             own_listen: config.server.listen,
+            allow_unknown: config.routing.allow_unknown_registries,
+            limits: Mutex::default(),
+        };
+        upstreams.reload(registries)?;
+        Ok(upstreams)
+    }
+
+    /// Swaps in the sections of `registries`. Requests in flight keep the upstream they
+    /// have; a section that cannot be built leaves the current ones in place.
+    pub fn reload(&self, registries: &Registries) -> Result<(), BuildError> {
+        let table = self.build(registries)?;
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        Ok(())
+    }
+
+    fn build(&self, registries: &Registries) -> Result<Table, BuildError> {
+        let ctx = http::ClientContext {
+            upstream: &self.upstream,
+            env: &self.env,
+            own_listen: self.own_listen,
         };
         let mut configured = HashMap::new();
         let mut patterns = Vec::new();
-        for (name, reg) in &config.registries {
+        for (name, reg) in registries {
             // Names were validated by Config::load.
             let Ok(pattern) = RegistryPattern::parse(name) else {
                 continue;
@@ -80,15 +119,9 @@ impl Upstreams {
             })?;
             match pattern {
                 RegistryPattern::Exact(host) => {
-                    let upstream = Upstream::new(
-                        host.clone(),
-                        endpoints(&host, reg),
-                        client,
-                        reg.allow_private_network,
-                        reg.auth_realms.clone(),
-                        shared.clone(),
-                    )
-                    .with_budget(reg.budget.as_ref().map(Budget::from_config));
+                    let upstream = self
+                        .upstream_for(&host, reg, client)
+                        .with_budget(reg.budget.as_ref().map(Budget::from_config));
                     configured.insert(host, Arc::new(upstream));
                 }
                 pattern => patterns.push(PatternSection {
@@ -99,7 +132,7 @@ impl Upstreams {
             }
         }
         let has_catch_all = patterns.iter().any(|p| p.pattern == RegistryPattern::All);
-        if config.routing.allow_unknown_registries && !has_catch_all {
+        if self.allow_unknown && !has_catch_all {
             let http = http::build_client(&RegistryConfig::default(), &ctx).map_err(|source| {
                 BuildError {
                     registry: "(unknown registries)".to_owned(),
@@ -112,62 +145,99 @@ impl Upstreams {
                 http,
             });
         }
-        Ok(Self {
+        Ok(Table {
             configured,
             patterns,
-            matched: moka::sync::Cache::builder()
-                .max_capacity(1024)
-                .time_to_idle(std::time::Duration::from_secs(3600))
-                .build(),
-            shared,
+            ..Table::empty()
         })
+    }
+
+    fn upstream_for(
+        &self,
+        host: &RegistryHost,
+        reg: &RegistryConfig,
+        http: reqwest::Client,
+    ) -> Upstream {
+        let limits = self
+            .limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(host.clone())
+            .or_default()
+            .clone();
+        Upstream::new(
+            host.clone(),
+            endpoints(host, reg),
+            http,
+            reg.allow_private_network,
+            reg.auth_realms.clone(),
+            self.shared.clone(),
+        )
+        .with_limits(limits)
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The upstream for a registry, or why there is none.
     pub fn get(&self, registry: &RegistryHost) -> Result<Arc<Upstream>, UpstreamError> {
-        if let Some(u) = self.configured.get(registry) {
+        let table = self.table();
+        if let Some(u) = table.configured.get(registry) {
             return Ok(u.clone());
         }
-        let Some(i) = best_match(self.patterns.iter().map(|p| &p.pattern), registry) else {
+        let Some(i) = best_match(table.patterns.iter().map(|p| &p.pattern), registry) else {
             return Err(UpstreamError::NotConfigured {
                 registry: registry.to_string(),
             });
         };
-        let section = &self.patterns[i];
-        Ok(self.matched.get_with(registry.clone(), || {
+        let section = &table.patterns[i];
+        Ok(table.matched.get_with(registry.clone(), || {
             Arc::new(
-                Upstream::new(
-                    registry.clone(),
-                    endpoints(registry, &section.config),
-                    section.http.clone(),
-                    section.config.allow_private_network,
-                    section.config.auth_realms.clone(),
-                    self.shared.clone(),
-                )
-                .with_budget(section.config.budget.as_ref().map(Budget::from_config))
-                // A pattern vouches for no single registry (see pull::scope).
-                .untrusted(),
+                self.upstream_for(registry, &section.config, section.http.clone())
+                    .with_budget(section.config.budget.as_ref().map(Budget::from_config))
+                    // A pattern vouches for no single registry (see pull::scope).
+                    .untrusted(),
             )
         }))
     }
 
     /// Whether `registry` falls under a section (or unknown registries are allowed).
     pub fn serves(&self, registry: &RegistryHost) -> bool {
-        self.configured.contains_key(registry)
-            || best_match(self.patterns.iter().map(|p| &p.pattern), registry).is_some()
+        let table = self.table();
+        table.configured.contains_key(registry)
+            || best_match(table.patterns.iter().map(|p| &p.pattern), registry).is_some()
     }
 
-    /// What each configured registry said of its rate limits, for metrics.
-    pub fn limits(&self) -> Vec<(String, Arc<UpstreamLimits>)> {
-        self.configured
+    /// What each registry said of its rate limits so far, for metrics.
+    pub fn limits(&self) -> Vec<(String, Option<u64>, Option<u64>)> {
+        self.limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(host, u)| (host.to_string(), u.limits()))
+            .map(|(host, l)| (host.to_string(), l.limit(), l.remaining()))
             .collect()
     }
 
     /// The token cache, for metrics.
     pub fn tokens(&self) -> Arc<TokenCache> {
         self.shared.tokens.clone()
+    }
+}
+
+impl Table {
+    fn empty() -> Self {
+        Self {
+            configured: HashMap::new(),
+            patterns: Vec::new(),
+            matched: moka::sync::Cache::builder()
+                .max_capacity(1024)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
+        }
     }
 }
 
