@@ -149,3 +149,67 @@ async fn wait_for_tls(addr: &str) {
     }
     panic!("the TLS listener on {addr} did not come up");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificates_are_policy_identities() {
+    use common::pki::Pki;
+    let registry = Registry::open();
+    let host = registry.host();
+    let image = images::push_image(&registry, "team/app", "v1", &ImageSpec::seed(1302)).await;
+    let clients = Pki::new("clients");
+    let tls_port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
+    let proxy = Process::start(
+        &format!(
+            "tls-listen = \"127.0.0.1:{tls_port}\"\n[server.tls]\nnames = [\"127.0.0.1\"]\n\
+             client-ca = \"{}\"\n",
+            clients.ca.display()
+        ),
+        &format!(
+            "[policy.identities.nodes]\nclient-cert-names = [\"node-1.test\"]\n\
+             [[policy.rules]]\nname = \"nodes\"\nidentities = [\"nodes\"]\nregistries = [\"*\"]\n{}",
+            registry_section(&host, &registry.url(), "")
+        ),
+        &[],
+    );
+    let ca = ca_show(&proxy.config_path());
+    let mirror = format!("127.0.0.1:{tls_port}");
+    wait_for_tls(&mirror).await;
+    let client = |identity: Option<std::path::PathBuf>| {
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_merge([reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA")]);
+        if let Some(path) = identity {
+            let pem = std::fs::read(path).expect("identity");
+            b = b.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+        }
+        b.build().expect("client")
+    };
+    let url = format!("https://{mirror}/v2/team/app/manifests/v1?ns={host}");
+    let with = |c: reqwest::Client| {
+        let url = url.clone();
+        async move {
+            c.get(url)
+                .header("accept", "*/*")
+                .send()
+                .await
+                .expect("request")
+        }
+    };
+    let r = with(client(Some(clients.client_identity("node-1.test")))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        image.manifest_digest.as_str()
+    );
+    let r = with(client(None)).await;
+    assert_eq!(r.status(), 403, "no certificate, no identity");
+    let r = with(client(Some(clients.client_identity("node-2.test")))).await;
+    assert_eq!(r.status(), 403, "another name");
+    // A certificate from another CA does not even get through the handshake.
+    let strangers = Pki::new("strangers");
+    let refused = client(Some(strangers.client_identity("node-1.test")))
+        .get(&url)
+        .send()
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+}

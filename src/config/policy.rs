@@ -56,6 +56,10 @@ pub struct IdentityConfig {
     /// Files that each hold one token, re-read when they change (a mounted Secret).
     #[serde(default)]
     pub token_files: Vec<PathBuf>,
+    /// Names (DNS names in the subject alternative names) of client certificates that prove
+    /// this identity, on the TLS listener (verified against `server.tls.client-ca`).
+    #[serde(default)]
+    pub client_cert_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,11 +100,23 @@ pub(super) fn check(policy: &PolicyConfig, push: &mut impl FnMut(String, String)
                 format!("{name:?} is reserved: choose another identity name"),
             );
         }
-        if id.cidrs.is_empty() && id.tokens_sha256.is_empty() && id.token_files.is_empty() {
+        if id.cidrs.is_empty()
+            && id.tokens_sha256.is_empty()
+            && id.token_files.is_empty()
+            && id.client_cert_names.is_empty()
+        {
             push(
                 key.clone(),
-                "needs cidrs, tokens-sha256 or token-files".to_owned(),
+                "needs cidrs, tokens-sha256, token-files or client-cert-names".to_owned(),
             );
+        }
+        for (i, n) in id.client_cert_names.iter().enumerate() {
+            if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+                push(
+                    format!("{key}.client-cert-names[{i}]"),
+                    format!("{n:?} is not a DNS name"),
+                );
+            }
         }
         for (i, c) in id.cidrs.iter().enumerate() {
             if let Err(e) = Cidr::parse(c) {
@@ -218,7 +234,7 @@ references = "digests"
             "policy.identities.\"anonymous\".cidrs[0]: \"10.0.0.1/8\" has host bits set",
             "policy.identities.\"ci\".tokens-sha256[0]: is not a hex SHA-256",
             "policy.identities.\"ci\".token-files[0]: cannot read /nonexistent/token",
-            "policy.identities.\"empty\": needs cidrs, tokens-sha256 or token-files",
+            "policy.identities.\"empty\": needs cidrs, tokens-sha256, token-files or client-cert-names",
             "policy.rules[0].identities[1]: \"ghost\" is not defined",
             "policy.rules[0].registries[0]:",
             "policy.rules[0].repositories[0]: \"Team/App\" is not a repository name",

@@ -79,6 +79,13 @@ struct Identity {
     cidrs: Vec<Cidr>,
     tokens: Vec<[u8; 32]>,
     files: Vec<Arc<TokenFile>>,
+    cert_names: Vec<rustls::pki_types::ServerName<'static>>,
+}
+
+impl Identity {
+    fn has_tokens(&self) -> bool {
+        !self.tokens.is_empty() || !self.files.is_empty()
+    }
 }
 
 struct TokenFile {
@@ -160,6 +167,11 @@ impl Policy {
                         .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
                         .collect(),
                     files: Vec::new(),
+                    cert_names: id
+                        .client_cert_names
+                        .iter()
+                        .filter_map(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok())
+                        .collect(),
                 };
                 for path in &id.token_files {
                     let f = TokenFile::load(path.clone());
@@ -198,13 +210,18 @@ impl Policy {
 
     /// Whether any identity is proven by a token: then clients are asked for credentials.
     pub fn wants_credentials(&self) -> bool {
-        self.identities
-            .iter()
-            .any(|i| !i.tokens.is_empty() || !i.files.is_empty())
+        self.identities.iter().any(Identity::has_tokens)
     }
 
-    /// The identities of a client at `peer` presenting `presented`.
-    pub fn identify(&self, peer: IpAddr, presented: &Presented) -> Result<Caller, Unrecognised> {
+    /// The identities of a client at `peer` presenting `presented` (and, on the TLS
+    /// listener, a verified client certificate).
+    pub fn identify(
+        &self,
+        peer: IpAddr,
+        presented: &Presented,
+        client_cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+    ) -> Result<Caller, Unrecognised> {
+        let cert = client_cert.and_then(|der| webpki::EndEntityCert::try_from(der).ok());
         self.refresh_files();
         let token = match presented {
             Presented::None => None,
@@ -214,8 +231,14 @@ impl Policy {
         };
         let mut names = Vec::new();
         let mut token_matched = false;
+        let mut cert_matched = false;
         for id in &self.identities {
-            let has_tokens = !id.tokens.is_empty() || !id.files.is_empty();
+            let has_tokens = id.has_tokens();
+            let cert_ok = cert.as_ref().is_some_and(|c| {
+                id.cert_names
+                    .iter()
+                    .any(|n| c.verify_is_valid_for_subject_name(n).is_ok())
+            });
             let token_ok = match &token {
                 Some(t) => {
                     id.tokens.iter().any(|h| constant_time_eq(h, t))
@@ -228,12 +251,13 @@ impl Policy {
                 None => false,
             };
             let cidr_ok = id.cidrs.iter().any(|c| c.contains(peer));
-            let matched = match (has_tokens, id.cidrs.is_empty()) {
-                (true, true) => token_ok,
-                (true, false) => token_ok && cidr_ok,
-                (false, _) => cidr_ok,
-            };
+            // Every kind of proof the identity names must hold.
+            let matched = (!has_tokens || token_ok)
+                && (id.cert_names.is_empty() || cert_ok)
+                && (id.cidrs.is_empty() || cidr_ok)
+                && (has_tokens || !id.cert_names.is_empty() || !id.cidrs.is_empty());
             token_matched |= matched && has_tokens;
+            cert_matched |= matched && !id.cert_names.is_empty();
             if matched {
                 names.push(id.name.clone());
             }
@@ -243,7 +267,7 @@ impl Policy {
         }
         Ok(Caller {
             names,
-            authenticated: token_matched,
+            authenticated: token_matched || cert_matched,
         })
     }
 
@@ -308,9 +332,9 @@ impl Policy {
                 covers(r)
                     && allows(r)
                     && r.identities.iter().any(|i| {
-                        self.identities.iter().any(|id| {
-                            id.name.as_ref() == i && (!id.tokens.is_empty() || !id.files.is_empty())
-                        })
+                        self.identities
+                            .iter()
+                            .any(|id| id.name.as_ref() == i && id.has_tokens())
                     })
             });
             if let Some(rule) = token_rule {
@@ -391,7 +415,7 @@ mod tests {
     #[test]
     fn cidr_identities_and_digest_only_rules() {
         let p = policy(None);
-        let node = p.identify(at("10.1.2.3"), &Presented::None).unwrap();
+        let node = p.identify(at("10.1.2.3"), &Presented::None, None).unwrap();
         assert_eq!(node.label(), "nodes");
         let corp = reg("r.corp");
         assert_eq!(
@@ -411,7 +435,7 @@ mod tests {
             Decision::Challenge(_)
         ));
         // Everyone may pull docker.io/library/…
-        let stranger = p.identify(at("192.0.2.1"), &Presented::None).unwrap();
+        let stranger = p.identify(at("192.0.2.1"), &Presented::None, None).unwrap();
         assert_eq!(stranger.label(), "anonymous");
         assert_eq!(
             p.authorize(
@@ -435,6 +459,7 @@ mod tests {
             .identify(
                 at("192.0.2.1"),
                 &Presented::Bearer(SecretString::new("ci-secret")),
+                None,
             )
             .unwrap();
         assert!(ci.authenticated);
@@ -446,6 +471,7 @@ mod tests {
                     user: "anything".into(),
                     secret: SecretString::new("from-file"),
                 },
+                None,
             )
             .unwrap();
         assert_eq!(via_file.label(), "ci");
@@ -456,12 +482,13 @@ mod tests {
         assert!(
             p.identify(
                 at("192.0.2.1"),
-                &Presented::Bearer(SecretString::new("wrong"))
+                &Presented::Bearer(SecretString::new("wrong")),
+                None,
             )
             .is_err()
         );
         // Without a token, a request the token would allow gets a challenge.
-        let anon = p.identify(at("192.0.2.1"), &Presented::None).unwrap();
+        let anon = p.identify(at("192.0.2.1"), &Presented::None, None).unwrap();
         let Decision::Challenge(m) = p.authorize(&anon, &reg("r.corp"), &repo("a/b"), Need::Tag)
         else {
             panic!("expected a challenge")

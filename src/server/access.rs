@@ -46,12 +46,13 @@ pub fn identify(
     policy: Option<&Policy>,
     peer: std::net::IpAddr,
     headers: &HeaderMap,
+    client_cert: Option<&rustls::pki_types::CertificateDer<'_>>,
 ) -> Result<Option<Caller>, Failure> {
     let Some(policy) = policy else {
         return Ok(None);
     };
     policy
-        .identify(peer, &presented(headers))
+        .identify(peer, &presented(headers), client_cert)
         .map(Some)
         .map_err(|_| Failure::Policy(PolicyRefusal::Unrecognised))
 }

@@ -609,7 +609,12 @@ async fn front(
         }
         None => None,
     };
-    let caller = access::identify(state.policy.as_ref(), conn.peer.ip(), req.headers());
+    let caller = access::identify(
+        state.policy.as_ref(),
+        conn.peer.ip(),
+        req.headers(),
+        conn.client_cert.as_deref(),
+    );
     if let Some(rates) = &state.rates {
         let key = match &caller {
             Ok(Some(c)) if c.authenticated => RateKey::Identity(c.label()),

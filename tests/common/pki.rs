@@ -10,6 +10,7 @@ pub struct Pki {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    ca_key: String,
 }
 
 impl Pki {
@@ -34,8 +35,9 @@ impl Pki {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-            .expect("self-sign the CA");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_key_pem = ca_key.serialize_pem();
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("self-sign the CA");
 
         let server_key = KeyPair::generate().expect("server key");
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -58,6 +60,7 @@ impl Pki {
             ca: dir.path().join("ca.pem"),
             cert: dir.path().join("server.pem"),
             key: dir.path().join("server-key.pem"),
+            ca_key: ca_key_pem,
             dir,
         };
         std::fs::write(&pki.ca, ca.pem()).expect("write ca.pem");
@@ -67,6 +70,24 @@ impl Pki {
     }
 
     /// A file in the PKI's directory.
+    /// A client certificate for `name` signed by this PKI's CA: one PEM file holding the
+    /// certificate and its key.
+    pub fn client_identity(&self, name: &str) -> PathBuf {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+        let ca_pem = std::fs::read_to_string(&self.ca).expect("ca.pem");
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&self.ca_key).expect("CA key"))
+                .expect("CA issuer");
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(vec![name.to_owned()]).expect("client params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).expect("sign the client");
+        self.file(
+            &format!("client-{name}.pem"),
+            &format!("{}{}", cert.pem(), key.serialize_pem()),
+        )
+    }
+
     pub fn file(&self, name: &str, content: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, content).expect("write test file");
