@@ -48,7 +48,7 @@ struct ContrastRegistry {
 
 /// The registry sections of a Contrast image-puller file, keyed as written.
 pub fn read(path: &Path) -> Result<BTreeMap<String, RegistryConfig>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let text = super::read_text(path).map_err(|e| format!("cannot read: {e}"))?;
     parse(&text)
 }
 

@@ -15,6 +15,33 @@ pub use model::*;
 pub use secret_source::{SecretError, SecretSource};
 pub use validate::realm_host;
 
+/// Largest file a config names (certificates, keys, secrets, tokens, Contrast files, the
+/// config itself) that stevedore reads: they are a few KiB, and a path to a device such as
+/// `/dev/zero` must fail, not read forever.
+pub const MAX_CONFIGURED_FILE: u64 = 16 * 1024 * 1024;
+
+/// Reads a file a config names, refusing more than [`MAX_CONFIGURED_FILE`] bytes.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIGURED_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIGURED_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIGURED_FILE} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_file`] as UTF-8 text.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_file(path)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// The configuration used when `serve` gets no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
@@ -70,7 +97,7 @@ impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_text(path).map_err(|e| ConfigError {
             file: file.clone(),
             problems: vec![Problem {
                 key: "(file)".to_owned(),

@@ -132,7 +132,7 @@ pub(super) fn check(policy: &PolicyConfig, push: &mut impl FnMut(String, String)
             }
         }
         for (i, path) in id.token_files.iter().enumerate() {
-            match std::fs::read_to_string(path) {
+            match super::read_text(path) {
                 Err(e) => push(
                     format!("{key}.token-files[{i}]"),
                     format!("cannot read {}: {e}", path.display()),

@@ -41,7 +41,7 @@ impl SecretSource {
         let value = match self {
             SecretSource::Inline(s) => return Ok(s.clone()),
             SecretSource::File(path) => {
-                let raw = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                let raw = super::read_text(path).map_err(|source| SecretError::File {
                     path: path.clone(),
                     source,
                 })?;

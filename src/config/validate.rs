@@ -223,7 +223,7 @@ fn check_registry(key: &str, reg: &RegistryConfig, push: &mut impl FnMut(String,
     }
     for (i, path) in reg.ca_certs.iter().enumerate() {
         let k = format!("{key}.ca-certs[{i}]");
-        match std::fs::read(path) {
+        match super::read_file(path) {
             Err(e) => push(k, format!("cannot read {}: {e}", path.display())),
             Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
                 Ok(certs) if !certs.is_empty() => {}
@@ -427,6 +427,21 @@ mod tests {
         // A fully qualified name is the same registry as its plain key.
         let text = problems("[registries.\"ghcr.io\"]\n[registries.\"ghcr.io.\"]\n");
         assert!(text.contains("names the same registries"), "{text}");
+    }
+
+    #[test]
+    fn files_that_never_end_are_refused() {
+        let text = problems(
+            "[registries.\"r.example\"]\nca-certs = [\"/dev/zero\"]\npassword = { file = \"/dev/zero\" }\nusername = \"u\"\n",
+        );
+        assert!(
+            text.contains("ca-certs[0]: cannot read /dev/zero: larger than"),
+            "{text}"
+        );
+        assert!(
+            text.contains("password: cannot read secret file /dev/zero"),
+            "{text}"
+        );
     }
 
     #[test]

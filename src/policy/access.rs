@@ -106,7 +106,7 @@ impl TokenFile {
     }
 
     fn refresh(&self) {
-        let hash = std::fs::read_to_string(&self.path)
+        let hash = crate::config::read_text(&self.path)
             .ok()
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())

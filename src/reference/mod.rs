@@ -89,7 +89,9 @@ pub fn split_host_port(s: &str) -> (&str, Option<&str>) {
 fn is_host_port(s: &str) -> bool {
     let (host, port) = split_host_port(s);
     if let Some(port) = port
-        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+        && (port.is_empty()
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u16>().is_err())
     {
         return false;
     }
@@ -359,6 +361,7 @@ mod tests {
             "-x.io",
             "a..b",
             "h:123456",
+            "h:99999",
             "[zz]:1",
             // Found by fuzzing: bytes after an IPv6 literal were kept.
             "[::1]?-ref",

@@ -122,8 +122,8 @@ impl Ca {
     }
 
     fn from_files(cert: &Path, key: &Path, names: Option<Vec<String>>) -> Result<Ca, CaError> {
-        let cert_pem = std::fs::read_to_string(cert).map_err(|e| file_error(cert, e))?;
-        let key_pem = std::fs::read_to_string(key).map_err(|e| file_error(key, e))?;
+        let cert_pem = crate::config::read_text(cert).map_err(|e| file_error(cert, e))?;
+        let key_pem = crate::config::read_text(key).map_err(|e| file_error(key, e))?;
         let key_pair = KeyPair::from_pem(&key_pem)
             .map_err(|_| file_error(key, "not a PEM private key stevedore can use"))?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair)

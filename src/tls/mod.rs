@@ -38,8 +38,8 @@ pub fn server_config(
 
 /// A certificate chain from a PEM file.
 pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+    let pem = crate::config::read_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|_| format!("{}: not a PEM certificate chain", path.display()))?;
     if chain.is_empty() {
@@ -50,7 +50,8 @@ pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// A private key from a PEM file. The key itself never appears in an error.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
+    let pem = crate::config::read_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|_| format!("{}: not a readable PEM private key", path.display()))
 }
 

@@ -112,7 +112,7 @@ pub fn build_client(
     }
     let mut certs = Vec::new();
     for path in &reg.ca_certs {
-        let pem = std::fs::read(path)
+        let pem = crate::config::read_file(path)
             .map_err(|e| ClientBuildError::Certs(format!("{}: {e}", path.display())))?;
         let bundle = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| ClientBuildError::Certs(format!("{}: {e}", path.display())))?;
