@@ -41,6 +41,8 @@ pub mod names {
     pub const STORE_BYTES: &str = "stevedore.store.bytes";
     /// Blob misses streamed without being stored (low on space, larger than the store).
     pub const PASS_THROUGHS: &str = "stevedore.store.pass_throughs";
+    /// Leaf certificates minted for intercepted registries.
+    pub const TLS_LEAVES: &str = "stevedore.tls.leaves";
     /// 1 while the store is below its free-space watermark.
     pub const STORE_LOW_SPACE: &str = "stevedore.store.low_space";
     /// Requests an upstream allows per window (`ratelimit-limit`); label `registry`.

@@ -12,6 +12,7 @@ mod scenarios;
 mod setup;
 mod small;
 mod targets;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,7 +38,7 @@ enum What {
 
 impl clap::ValueEnum for What {
     fn value_variants<'a>() -> &'a [Self] {
-        const VARIANTS: [What; 10] = [
+        const VARIANTS: [What; 13] = [
             What::All,
             What::One(Name::ALL[0]),
             What::One(Name::ALL[1]),
@@ -47,6 +48,9 @@ impl clap::ValueEnum for What {
             What::One(Name::ALL[5]),
             What::One(Name::ALL[6]),
             What::One(Name::ALL[7]),
+            What::One(Name::ALL[8]),
+            What::One(Name::ALL[9]),
+            What::One(Name::ALL[10]),
             What::Setup,
         ];
         &VARIANTS
@@ -72,7 +76,7 @@ impl clap::ValueEnum for What {
 )]
 struct Cli {
     /// Scenario to run: all, warm-1, warm-32, cold-32, tag-head, rss-64, rss-1000,
-    /// small-answers, abuse-soak, or setup.
+    /// small-answers, abuse-soak, tls-1, tls-32, connect-handshake, or setup.
     #[arg(value_enum)]
     what: What,
     /// Size of the test blob in MiB (default 1024; 64 with --quick).

@@ -128,7 +128,10 @@ fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn scenario_table(s: &ScenarioResult) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\n## {} — {}", s.name, s.description);
-    let heads = s.name == "tag-head" || s.name == "small-answers";
+    let heads = matches!(
+        s.name.as_str(),
+        "tag-head" | "small-answers" | "connect-handshake"
+    );
     let header: Vec<&str> = if heads {
         vec![
             "target",

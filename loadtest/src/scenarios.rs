@@ -42,10 +42,16 @@ pub enum Name {
     SmallAnswers,
     #[value(name = "abuse-soak")]
     AbuseSoak,
+    #[value(name = "tls-1")]
+    Tls1,
+    #[value(name = "tls-32")]
+    Tls32,
+    #[value(name = "connect-handshake")]
+    ConnectHandshake,
 }
 
 impl Name {
-    pub const ALL: [Name; 8] = [
+    pub const ALL: [Name; 11] = [
         Name::Warm1,
         Name::Warm32,
         Name::Cold32,
@@ -54,6 +60,9 @@ impl Name {
         Name::Rss1000,
         Name::SmallAnswers,
         Name::AbuseSoak,
+        Name::Tls1,
+        Name::Tls32,
+        Name::ConnectHandshake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +75,9 @@ impl Name {
             Name::Rss1000 => "rss-1000",
             Name::SmallAnswers => "small-answers",
             Name::AbuseSoak => "abuse-soak",
+            Name::Tls1 => "tls-1",
+            Name::Tls32 => "tls-32",
+            Name::ConnectHandshake => "connect-handshake",
         }
     }
 }
@@ -209,6 +221,9 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
         Name::Rss1000 => return crate::hostile::rss_1000(world, params).await,
         Name::AbuseSoak => return crate::hostile::abuse_soak(world, params).await,
         Name::SmallAnswers => return crate::small::small_answers(world, params).await,
+        Name::Tls1 => return crate::tls::tls_downloads(world, params, 1).await,
+        Name::Tls32 => return crate::tls::tls_downloads(world, params, 32).await,
+        Name::ConnectHandshake => return crate::tls::connect_handshake(world).await,
     };
     let throughput = |r: &TargetResult| r.mib_per_s;
     let rate = |r: &TargetResult| r.req_per_s;
@@ -235,7 +250,13 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
                 rate,
             );
         }
-        Name::Rss64 | Name::Rss1000 | Name::AbuseSoak | Name::SmallAnswers => {}
+        Name::Rss64
+        | Name::Rss1000
+        | Name::AbuseSoak
+        | Name::SmallAnswers
+        | Name::Tls1
+        | Name::Tls32
+        | Name::ConnectHandshake => {}
     }
     Ok(result)
 }

@@ -84,6 +84,11 @@ pub struct Target {
     pub kind: Kind,
     proc: Proc,
     addr: SocketAddr,
+    /// The same content over TLS (stevedore's TLS listener, nginx's ssl server), and the CA
+    /// certificate (PEM) that its certificate chains to.
+    pub tls: Option<(SocketAddr, String)>,
+    /// stevedore's metrics listener.
+    pub metrics: Option<SocketAddr>,
     /// Query string pullers add (`?ns=<origin>` for stevedore).
     query: String,
     counter: Option<Counter>,
@@ -179,11 +184,17 @@ async fn start_stevedore(world: &World, dir: PathBuf) -> Result<Target> {
     let mut last = None;
     for _ in 0..5 {
         let addr = loopback(free_port()?);
+        let tls_addr = loopback(free_port()?);
+        let metrics = loopback(free_port()?);
         let config = format!(
-            "[server]\nlisten = \"{addr}\"\n\n\
+            "[server]\nlisten = \"{addr}\"\ntls-listen = \"{tls_addr}\"\n\
+             metrics-listen = \"{metrics}\"\n\
+             [server.tls]\nnames = [\"127.0.0.1\"]\n\n\
+             [ca]\ndir = \"{ca}\"\n\n\
              [registries.\"{origin_host}\"]\nendpoints = [\"{upstream}\"]\n\
              allow-private-network = true\nproxy = \"none\"\n\n{extra}\n",
             upstream = counter.url(),
+            ca = dir.join("ca").display(),
         );
         let path = dir.join("stevedore.toml");
         std::fs::write(&path, config).with_context(|| format!("write {}", path.display()))?;
@@ -201,10 +212,13 @@ async fn start_stevedore(world: &World, dir: PathBuf) -> Result<Target> {
             })?;
         match proc.wait_ready(addr, Duration::from_secs(20)).await {
             Ok(()) => {
+                let ca = std::fs::read_to_string(dir.join("ca").join("ca.pem")).ok();
                 return Ok(Target {
                     kind: Kind::Stevedore,
                     proc,
                     addr,
+                    tls: ca.map(|ca| (tls_addr, ca)),
+                    metrics: Some(metrics),
                     query: format!("?ns={origin_host}"),
                     counter: Some(counter),
                     dir,
@@ -232,13 +246,15 @@ async fn start_distribution(world: &World, dir: PathBuf) -> Result<Target> {
         kind: Kind::Distribution,
         proc,
         addr,
+        tls: None,
+        metrics: None,
         query: String::new(),
         counter: Some(counter),
         dir,
     })
 }
 
-fn nginx_config(dir: &Path, addr: SocketAddr, root: &Path) -> String {
+fn nginx_config(dir: &Path, addr: SocketAddr, tls_addr: SocketAddr, root: &Path) -> String {
     let user = if is_root() { "user root;\n" } else { "" };
     let d = dir.display();
     format!(
@@ -269,6 +285,16 @@ http {{
       default_type application/vnd.oci.image.manifest.v1+json;
     }}
   }}
+  server {{
+    listen {tls_addr} ssl http2;
+    ssl_certificate {d}/tls.pem;
+    ssl_certificate_key {d}/tls-key.pem;
+    ssl_protocols TLSv1.3;
+    location /v2/{REPO}/blobs/ {{
+      alias {root}/;
+      default_type application/octet-stream;
+    }}
+  }}
 }}
 ",
         root = root.display()
@@ -292,11 +318,13 @@ async fn start_nginx(world: &World, dir: PathBuf) -> Result<Target> {
         std::fs::write(manifests.join(name), &world.image.manifest_bytes)
             .with_context(|| format!("write the manifest into {}", manifests.display()))?;
     }
+    let ca = write_tls_files(&dir)?;
     let mut last = None;
     for _ in 0..5 {
         let addr = loopback(free_port()?);
+        let tls_addr = loopback(free_port()?);
         let path = dir.join("nginx.conf");
-        std::fs::write(&path, nginx_config(&dir, addr, &root))
+        std::fs::write(&path, nginx_config(&dir, addr, tls_addr, &root))
             .with_context(|| format!("write {}", path.display()))?;
         let mut cmd = tokio::process::Command::new(&world.bins.nginx);
         cmd.arg("-p")
@@ -319,6 +347,8 @@ async fn start_nginx(world: &World, dir: PathBuf) -> Result<Target> {
                     kind: Kind::Nginx,
                     proc,
                     addr,
+                    tls: Some((tls_addr, ca.clone())),
+                    metrics: None,
                     query: String::new(),
                     counter: None,
                     dir,
@@ -331,4 +361,22 @@ async fn start_nginx(world: &World, dir: PathBuf) -> Result<Target> {
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("nginx did not start")))
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, for nginx's TLS server: writes
+/// `tls.pem` and `tls-key.pem` into `dir` and returns the CA certificate (PEM).
+fn write_tls_files(dir: &Path) -> Result<String> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("CA params")?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().context("CA key")?)
+        .context("self-sign the CA")?;
+    let key = KeyPair::generate().context("server key")?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .context("server params")?
+        .signed_by(&key, &ca)
+        .context("sign the server certificate")?;
+    std::fs::write(dir.join("tls.pem"), cert.pem()).context("write tls.pem")?;
+    std::fs::write(dir.join("tls-key.pem"), key.serialize_pem()).context("write tls-key.pem")?;
+    Ok(ca.pem())
 }

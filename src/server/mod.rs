@@ -133,6 +133,12 @@ impl AppState {
         if let Some(store) = &store {
             telemetry.observe_store(store);
         }
+        if let Some(t) = &tls {
+            let t = Arc::downgrade(t);
+            telemetry.observe_counter(crate::telemetry::names::TLS_LEAVES, move || {
+                t.upgrade().map_or(0, |t| t.leaves.minted())
+            });
+        }
         let limits = config.limits.clone();
         warn_if_open(config);
         watch_contrast_files(config, &upstreams, &credentials);
