@@ -41,6 +41,10 @@ pub mod names {
     pub const STORE_BYTES: &str = "stevedore.store.bytes";
     /// Blob misses streamed without being stored (low on space, larger than the store).
     pub const PASS_THROUGHS: &str = "stevedore.store.pass_throughs";
+    /// Client connections open now.
+    pub const CONNECTIONS: &str = "stevedore.connections";
+    /// Bytes of response chunks in flight, all streams together (`limits.stream-buffer`).
+    pub const STREAM_BUFFER: &str = "stevedore.stream.buffer";
     /// Leaf certificates minted for intercepted registries.
     pub const TLS_LEAVES: &str = "stevedore.tls.leaves";
     /// 1 while the store is below its free-space watermark.
@@ -181,6 +185,18 @@ impl Telemetry {
                     o.observe(v, &[KeyValue::new(label, value)]);
                 }
             })
+            .build();
+    }
+
+    /// Reports a gauge kept elsewhere.
+    pub fn observe_gauge(
+        &self,
+        name: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.meter
+            .u64_observable_gauge(name)
+            .with_callback(move |o| o.observe(read(), &[]))
             .build();
     }
 

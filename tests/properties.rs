@@ -779,6 +779,7 @@ fn config_line() -> impl Strategy<Value = (usize, String)> {
             "max-header-bytes",
             "http2-max-concurrent-streams",
             "stream-buffer",
+            "socket-send-buffer",
             "requests-per-second",
             "request-burst",
         ],

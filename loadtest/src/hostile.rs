@@ -285,7 +285,16 @@ async fn soak_on(
     let sampler = RssSampler::start(pids.clone());
     let cpu = CpuWatch::start(pids.clone(), vec![world.origin_pid]);
     let started = Instant::now();
-    let (bytes, done, errors) = pull_for(&url, PULLERS, 1, PULLER_SLOTS, d, params.verify).await?;
+    let pulls = pull_for(&url, PULLERS, 1, PULLER_SLOTS, d, params.verify);
+    let probe = async {
+        tokio::time::sleep(d / 2).await;
+        (
+            target.metric("stevedore_connections").await,
+            target.metric("stevedore_stream_buffer").await,
+        )
+    };
+    let (pulled, (connections, buffer)) = tokio::join!(pulls, probe);
+    let (bytes, done, errors) = pulled?;
     let mut abused = result(
         "stevedore under abuse",
         PULLERS,
@@ -293,6 +302,11 @@ async fn soak_on(
         done,
         started.elapsed(),
     );
+    abused.notes.push(format!(
+        "halfway: {} connections open at stevedore, {} KiB of response chunks in flight",
+        connections.map_or_else(|| "?".to_owned(), |c| c.to_string()),
+        buffer.map_or_else(|| "?".to_owned(), |b| (b / 1024).to_string())
+    ));
     abused.cpu = cpu.finish();
     abused.sampled_rss_max_kib = sampler.finish();
     abused.peak_rss_kib = sum_kib(&pids, "VmHWM");

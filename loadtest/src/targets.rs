@@ -149,6 +149,29 @@ impl Target {
         self.counter.as_ref().map(Counter::snapshot)
     }
 
+    /// A metric of stevedore's metrics listener (`stevedore_…` as Prometheus text names it),
+    /// summed over its series.
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let addr = self.metrics?;
+        let text = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .ok()?
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let values: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// Fails if the process has died.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.proc.exited() {

@@ -301,19 +301,5 @@ async fn handshakes_on(target: &Target, world: &World) -> Result<TargetResult> {
 
 /// `stevedore_tls_leaves_total` from the target's metrics listener.
 async fn leaves_minted(target: &Target) -> Option<u64> {
-    let addr = target.metrics?;
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .ok()?
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("stevedore_tls_leaves_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    target.metric("stevedore_tls_leaves_total").await
 }

@@ -188,6 +188,10 @@ pub struct LimitsConfig {
     /// do not keep up, or that would exceed it, send small chunks.
     #[serde(default = "default_stream_buffer")]
     pub stream_buffer: ByteSize,
+    /// Kernel send buffer (`SO_SNDBUF`) of each accepted connection; `0` leaves the
+    /// kernel's auto-tuning. Bounds what a client that stops reading pins in the kernel.
+    #[serde(default = "default_socket_send_buffer")]
+    pub socket_send_buffer: ByteSize,
     /// Requests per second one client identity (its address when anonymous) may make;
     /// `0` turns the limit off. Past it: `429 TOOMANYREQUESTS` with `Retry-After`.
     #[serde(default = "default_requests_per_second")]
@@ -208,6 +212,7 @@ impl Default for LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
             stream_buffer: default_stream_buffer(),
+            socket_send_buffer: default_socket_send_buffer(),
             requests_per_second: default_requests_per_second(),
             request_burst: default_request_burst(),
         }
@@ -244,6 +249,10 @@ fn default_http2_max_concurrent_streams() -> u32 {
 
 fn default_stream_buffer() -> ByteSize {
     ByteSize(48 * 1024 * 1024)
+}
+
+fn default_socket_send_buffer() -> ByteSize {
+    ByteSize(256 * 1024)
 }
 
 fn default_requests_per_second() -> u32 {

@@ -154,6 +154,18 @@ pub(super) fn check(config: &Config) -> Vec<Problem> {
             "must be at least 1MiB".to_owned(),
         );
     }
+    if limits.socket_send_buffer.0 != 0 && limits.socket_send_buffer.0 < 16 * 1024 {
+        push(
+            "limits.socket-send-buffer".to_owned(),
+            "must be 0 (the kernel's autotuning) or at least 16KiB".to_owned(),
+        );
+    }
+    if limits.socket_send_buffer.0 > 64 * 1024 * 1024 {
+        push(
+            "limits.socket-send-buffer".to_owned(),
+            "must be at most 64MiB".to_owned(),
+        );
+    }
     if limits.requests_per_second > 0 && limits.request_burst == 0 {
         push(
             "limits.request-burst".to_owned(),
@@ -418,6 +430,19 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn socket_send_buffer_bounds() {
+        assert_eq!(problems("[limits]\nsocket-send-buffer = 0\n"), "");
+        assert_eq!(problems("[limits]\nsocket-send-buffer = \"1MiB\"\n"), "");
+        let text = problems("[limits]\nsocket-send-buffer = \"4KiB\"\n");
+        assert!(
+            text.contains("limits.socket-send-buffer: must be 0"),
+            "{text}"
+        );
+        let text = problems("[limits]\nsocket-send-buffer = \"1GiB\"\n");
+        assert!(text.contains("at most 64MiB"), "{text}");
     }
 
     #[test]

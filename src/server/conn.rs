@@ -127,6 +127,30 @@ impl Admission {
     }
 }
 
+/// Fixes a client socket's kernel send buffer (`SO_SNDBUF`): a client that stops reading can
+/// then hold at most that much kernel memory, however long it stays. `0` keeps the kernel's
+/// autotuning.
+pub fn set_send_buffer(stream: &tokio::net::TcpStream, bytes: u64) {
+    use std::os::fd::AsRawFd as _;
+    let Ok(value) = libc::c_int::try_from(bytes) else {
+        return;
+    };
+    if value == 0 {
+        return;
+    }
+    // SAFETY: setsockopt reads one int from a live local; the fd belongs to `stream`, which
+    // outlives the call.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// The answer to a connection that is not admitted: written raw, then the socket is closed.
 pub fn refusal_response(why: Refusal) -> Vec<u8> {
     let message = match why {

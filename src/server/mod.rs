@@ -142,7 +142,7 @@ impl AppState {
         let limits = config.limits.clone();
         warn_if_open(config);
         watch_contrast_files(config, &upstreams, &credentials);
-        Ok(Arc::new(Self {
+        let state = Arc::new(Self {
             pull: PullService::new(upstreams, &config.upstream, store, telemetry.clone()),
             default_registry,
             telemetry,
@@ -153,7 +153,20 @@ impl AppState {
             proxy: config.proxy.clone(),
             tls,
             limits,
-        }))
+        });
+        let weak = Arc::downgrade(&state);
+        state
+            .telemetry
+            .observe_gauge(crate::telemetry::names::CONNECTIONS, move || {
+                weak.upgrade().map_or(0, |s| s.open_connections() as u64)
+            });
+        let streams = state.streams.clone();
+        state
+            .telemetry
+            .observe_gauge(crate::telemetry::names::STREAM_BUFFER, move || {
+                streams.used() as u64
+            });
+        Ok(state)
     }
 
     /// Client connections open now.
@@ -422,6 +435,7 @@ async fn serve_listener(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                conn::set_send_buffer(&stream, state.limits.socket_send_buffer.0);
                 let activity = Activity::new();
                 let info = ConnInfo::new(peer, stream.as_raw_fd(), activity.clone());
                 let io = Watched::new(stream, activity.clone());
