@@ -9,7 +9,7 @@ use common::images::{self, Blob, ImageSpec, Platform, RegistryClient};
 use common::pulls::error_of;
 use common::registry::Registry;
 use common::stevedore::{Stevedore, registry_section};
-use common::util::sha256_digest;
+use common::util::{PublicAddress, sha256_digest};
 use reqwest::StatusCode;
 
 fn client() -> reqwest::Client {
@@ -133,33 +133,6 @@ async fn a_subject_never_unlocks_a_private_blob() {
     }
 }
 
-/// An address outside the restricted ranges, added to the loopback interface for the test
-/// (so that an "unknown registry" on it is reachable at all), removed on drop.
-struct PublicAddress(String);
-
-impl PublicAddress {
-    fn add(last_octet: u8) -> PublicAddress {
-        let ip = format!("198.51.100.{last_octet}");
-        let _ = std::process::Command::new("ip")
-            .args(["addr", "del", &format!("{ip}/32"), "dev", "lo"])
-            .status();
-        let ok = std::process::Command::new("ip")
-            .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
-            .status()
-            .expect("run ip");
-        assert!(ok.success(), "adding {ip} to lo (the tests run as root)");
-        PublicAddress(ip)
-    }
-}
-
-impl Drop for PublicAddress {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_reached_only_as_an_unknown_one_cannot_vouch_for_stored_content() {
     use common::faults::{Fault, FaultProxy, Rule};
@@ -179,9 +152,9 @@ async fn a_registry_reached_only_as_an_unknown_one_cannot_vouch_for_stored_conte
     // registry behind a proxy that answers HEADs for anything, and a manifest that lists the
     // private layer.
     let address = PublicAddress::add(21);
-    let pki = Pki::for_names("hostile", &[address.0.as_str()]);
+    let pki = Pki::for_names("hostile", &[address.ip()]);
     let backing = Registry::open();
-    let hostile = FaultProxy::start_tls(&address.0, &backing.url(), &pki).await;
+    let hostile = FaultProxy::start_tls(address.ip(), &backing.url(), &pki).await;
     let host = hostile.host();
     hostile.add(
         Rule::new(

@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod docker;
 pub mod faults;
 pub mod images;
 pub mod pki;

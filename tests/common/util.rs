@@ -222,6 +222,38 @@ pub fn describe(cmd: &std::process::Command) -> String {
     s
 }
 
+/// An address outside the restricted ranges, added to the loopback interface for the test
+/// (so that an "unknown registry" on it is reachable at all), removed on drop.
+pub struct PublicAddress(String);
+
+impl PublicAddress {
+    pub fn ip(&self) -> &str {
+        &self.0
+    }
+
+    pub fn add(last_octet: u8) -> PublicAddress {
+        let ip = format!("198.51.100.{last_octet}");
+        let _ = std::process::Command::new("ip")
+            .args(["addr", "del", &format!("{ip}/32"), "dev", "lo"])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = std::process::Command::new("ip")
+            .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .status()
+            .expect("run ip");
+        assert!(ok.success(), "adding {ip} to lo (the tests run as root)");
+        PublicAddress(ip)
+    }
+}
+
+impl Drop for PublicAddress {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+            .status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
