@@ -10,12 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::images::{self, ImageSpec};
-use common::pki::Pki;
+use common::lab::LabRegistry;
 use common::pulls::error_of;
-use common::registry::Registry;
 use common::stevedore::Stevedore;
-use common::token_server::TokenServer;
 
 fn contrast_file(auth_user: &str, auth_password: &str, ca_pem: &str) -> String {
     let auth =
@@ -28,17 +25,14 @@ fn contrast_file(auth_user: &str, auth_password: &str, ca_pem: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_contrast_file_supplies_credentials_and_cas_and_is_reread() {
-    let tokens = TokenServer::builder()
-        .user("puller", "puller-secret", &["team/"])
-        .start();
-    let push = Registry::open();
-    let image = images::push_image(&push, "team/app", "v1", &ImageSpec::seed(1401)).await;
-    let pki = Pki::new("lab");
-    let tls = Registry::builder()
-        .tls(&pki.cert, &pki.key)
-        .token(&tokens)
-        .storage_dir(push.storage_dir())
-        .start();
+    // The plain registry owns the storage both serve: it must live as long as the test.
+    let LabRegistry {
+        tokens,
+        plain: _plain,
+        tls,
+        pki,
+        image,
+    } = LabRegistry::start(1401).await;
     let ca_pem = std::fs::read_to_string(&pki.ca).expect("lab CA");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("imagepuller.toml");

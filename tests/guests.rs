@@ -6,109 +6,18 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::clients::{
     Containerd, CtrPullOptions, SkopeoDest, SkopeoOptions, oci_client_pull_with, skopeo_pull,
 };
 use common::faults::FaultProxy;
-use common::images::{self, ImageSpec, PushedImage};
-use common::pki::Pki;
+use common::images::{self, ImageSpec};
+use common::lab::{Lab, REGISTRY};
 use common::registry::Registry;
 use common::stevedore::Stevedore;
-use common::token_server::TokenServer;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-
-/// The name guests use for the lab registry.
-const REGISTRY: &str = "registry.test";
-
-pub struct Lab {
-    pub tokens: TokenServer,
-    pub _push: Registry,
-    pub _tls: Registry,
-    pub faults: FaultProxy,
-    pub pki: Pki,
-    pub image: PushedImage,
-    pub proxy: Stevedore,
-    /// stevedore's CA certificate, PEM, and a directory holding it as `ca.crt`.
-    pub ca_pem: String,
-    pub ca_dir: tempfile::TempDir,
-}
-
-impl Lab {
-    pub async fn start(seed: u64, extra: &str) -> Lab {
-        let tokens = TokenServer::builder()
-            .user("puller", "puller-secret", &["team/"])
-            .start();
-        let push = Registry::open();
-        let image = images::push_image(&push, "team/app", "v1", &ImageSpec::seed(seed)).await;
-        let pki = Pki::new("lab");
-        let tls = Registry::builder()
-            .tls(&pki.cert, &pki.key)
-            .token(&tokens)
-            .storage_dir(push.storage_dir())
-            .start();
-        let faults = FaultProxy::start_tls_to("127.0.0.1", &tls.url(), &pki, Some(&pki.ca)).await;
-        // The token server speaks plain HTTP: listed with its scheme, it may get credentials.
-        let realm = url::Url::parse(tokens.url()).expect("realm URL");
-        let proxy = Stevedore::start(&format!(
-            "[registries.\"{REGISTRY}\"]\nendpoints = [\"https://{}\"]\nca-certs = [\"{}\"]\n\
-             allow-private-network = true\nauth-realms = [\"{}\"]\n\
-             username = \"puller\"\npassword = \"puller-secret\"\n{extra}",
-            faults.host(),
-            pki.ca.display(),
-            realm.origin().ascii_serialization(),
-        ))
-        .await;
-        let ca_pem = proxy
-            .state
-            .tls
-            .as_ref()
-            .expect("stevedore has a CA")
-            .leaves
-            .ca()
-            .cert_pem()
-            .to_owned();
-        let ca_dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(ca_dir.path().join("ca.crt"), &ca_pem).expect("write ca.crt");
-        Lab {
-            tokens,
-            _push: push,
-            _tls: tls,
-            faults,
-            pki,
-            image,
-            proxy,
-            ca_pem,
-            ca_dir,
-        }
-    }
-
-    pub fn proxy_url(&self) -> String {
-        self.proxy.url()
-    }
-
-    pub fn ca_file(&self) -> PathBuf {
-        self.ca_dir.path().join("ca.crt")
-    }
-
-    /// Requests stevedore answered with this status so far.
-    pub async fn answered(&self, status: u16) -> u64 {
-        let telemetry = self.proxy.state.telemetry.clone();
-        let text = tokio::task::spawn_blocking(move || telemetry.render())
-            .await
-            .expect("render");
-        text.lines()
-            .filter(|l| {
-                l.starts_with("stevedore_requests_total{")
-                    && l.contains(&format!("status=\"{status}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oci_client_configured_as_image_rs_pulls_through_the_proxy() {

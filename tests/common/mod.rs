@@ -19,6 +19,7 @@ pub mod clients;
 pub mod docker;
 pub mod faults;
 pub mod images;
+pub mod lab;
 pub mod pki;
 pub mod process;
 pub mod pulls;

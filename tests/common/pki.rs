@@ -69,7 +69,11 @@ impl Pki {
         pki
     }
 
-    /// A file in the PKI's directory.
+    /// The CA's private key as a PEM file, for tests that hand the CA to stevedore.
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.file("ca-key.pem", &self.ca_key)
+    }
+
     /// A client certificate for `name` signed by this PKI's CA: one PEM file holding the
     /// certificate and its key.
     pub fn client_identity(&self, name: &str) -> PathBuf {
@@ -88,6 +92,7 @@ impl Pki {
         )
     }
 
+    /// A file in the PKI's directory.
     pub fn file(&self, name: &str, content: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, content).expect("write test file");
