@@ -23,4 +23,4 @@ systemctl stop docker-registry >/dev/null 2>&1 || true
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --all-targets -- --test-threads=4
+cargo test --all-targets --no-fail-fast -- --test-threads=4

@@ -6,6 +6,9 @@
 //! reader's pin. Fills in progress reserve the bytes they announced, so temp files count
 //! against `max-size` too. Choosing victims is done under the lock; removing their files is
 //! not: the caller gets the victims back and unlinks them on a blocking thread.
+//!
+//! Content that was pinned while the store went over its bound is evicted as soon as its last
+//! reader leaves: that release raises [`Lru::released`], which the store waits on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,9 +34,19 @@ struct State {
 }
 
 /// Sizes and recency of stored content.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Lru {
     state: Arc<Mutex<State>>,
+    /// The size bound the store evicts to.
+    max: u64,
+    /// Raised when the last pin of stored content drops while the store is over `max`.
+    released: Arc<tokio::sync::Notify>,
+}
+
+impl Default for Lru {
+    fn default() -> Self {
+        Self::new(u64::MAX)
+    }
 }
 
 /// Keeps a digest from eviction while alive.
@@ -49,6 +62,10 @@ impl Drop for Pin {
             *n -= 1;
             if *n == 0 {
                 s.pins.remove(&self.digest);
+                let over = s.total.saturating_add(s.reserved) > self.lru.max;
+                if over && s.entries.contains_key(&self.digest) {
+                    self.lru.released.notify_one();
+                }
             }
         }
     }
@@ -69,6 +86,21 @@ impl Drop for Reservation {
 }
 
 impl Lru {
+    /// Accounting for a store bounded to `max` bytes.
+    pub fn new(max: u64) -> Self {
+        Lru {
+            state: Arc::default(),
+            max,
+            released: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Raised (one stored permit) when content that could not be evicted, because it was
+    /// being read, can be now.
+    pub fn released(&self) -> Arc<tokio::sync::Notify> {
+        self.released.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -202,6 +234,28 @@ mod tests {
         );
         drop(other);
         assert_eq!(lru.take_victims(0), vec![(d("x"), 10)]);
+    }
+
+    #[tokio::test]
+    async fn the_last_reader_leaving_an_over_bound_store_raises_released() {
+        let lru = Lru::new(10);
+        let released = lru.released();
+        lru.insert(&d("a"), 10);
+        let reading = lru.pin(&d("a"));
+        lru.insert(&d("b"), 10);
+        assert_eq!(lru.take_victims(10), vec![(d("b"), 10)]);
+        lru.insert(&d("c"), 10);
+        assert_eq!(lru.take_victims(10), vec![(d("c"), 10)]);
+        lru.insert(&d("e"), 10);
+        let second = lru.pin(&d("a"));
+        drop(reading);
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), released.notified());
+        assert!(wait.await.is_err(), "another reader still holds it");
+        drop(second);
+        released.notified().await;
+        // a was read last, so the older e goes.
+        assert_eq!(lru.take_victims(10), vec![(d("e"), 10)]);
+        assert_eq!(lru.total(), 10);
     }
 
     #[test]

@@ -89,6 +89,13 @@ pub struct Store {
     pub stats: StoreStats,
 }
 
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Wakes the eviction task so that it sees the store is gone and ends.
+        self.lru.released().notify_one();
+    }
+}
+
 impl Store {
     /// Opens the store of `config.path`; `None` when no path is configured (no caching).
     pub fn open(config: &StoreConfig) -> io::Result<Option<Arc<Store>>> {
@@ -97,7 +104,7 @@ impl Store {
         };
         let layout = DiskLayout::open(path)?;
         let index = Index::open(path)?;
-        let lru = evict::Lru::default();
+        let lru = evict::Lru::new(config.max_size.0);
         let mut items = layout.scan()?;
         // Oldest first, so recency at start-up follows the files' access times.
         items.sort_by_key(|(_, _, when)| *when);
@@ -118,6 +125,7 @@ impl Store {
             stats: StoreStats::default(),
         });
         store.remove_victims(store.lru.take_victims(config.max_size.0));
+        store.evict_on_release();
         Ok(Some(store))
     }
 
@@ -338,6 +346,26 @@ impl Store {
         );
         self.blocking(move |s| s.index.put_tag(&r, &p, &t, &k, &record))
             .await
+    }
+
+    /// Evicts what the store could not while it was being read, when its last reader leaves
+    /// (without a runtime, as in some CLI paths, the next fill does it).
+    fn evict_on_release(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let released = self.lru.released();
+        let store = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                released.notified().await;
+                let Some(store) = store.upgrade() else {
+                    return;
+                };
+                let victims = store.lru.take_victims(store.config.max_size.0);
+                store.evict_later(victims);
+            }
+        });
     }
 
     /// Unlinks evicted content on a blocking thread (a multi-GiB unlink takes a while).
