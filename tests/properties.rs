@@ -57,7 +57,7 @@ fn host() -> impl Strategy<Value = String> {
     let label = "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?";
     (
         prop::collection::vec(label, 1..4),
-        prop::option::of(0u32..100_000),
+        prop::option::of(0u32..65_536),
         any::<u64>(),
     )
         .prop_map(|(labels, port, case)| {
