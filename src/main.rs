@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use stevedore::cli::{self, ca::CaCommand, cache::CacheCommand, prefetch::PrefetchArgs};
+use stevedore::cli::{
+    self, ca::CaCommand, cache::CacheCommand, health::HealthArgs, prefetch::PrefetchArgs,
+};
 use stevedore::config::Config;
 use stevedore::server::{self, AppState};
 use stevedore::upstream::ProxyEnv;
@@ -43,6 +45,9 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Ask a running stevedore's admin listener whether it is ready (exit 0) or not (exit 1),
+    /// for container health checks.
+    Healthcheck(HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Command::Prefetch(args) => cli::finish(cli::prefetch::run(args)),
         Command::Cache { command } => cli::finish(cli::cache::run(command)),
         Command::Ca { command } => cli::finish(cli::ca::run(command)),
+        Command::Healthcheck(args) => cli::finish(cli::health::run(args)),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -137,20 +143,25 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+        // `stop` closes the client listeners (and drains them); `admin_stop` the admin
+        // listener, last, so probes see the drain.
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let mut listeners = Vec::new();
+        let mut admin = None;
         if let Some(addr) = config.server.metrics_listen {
             let metrics = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr} (server.metrics-listen): {e}"))?;
-            tracing::info!(listen = %addr, "metrics on /metrics");
-            tokio::spawn(server::serve_metrics(
+            tracing::info!(listen = %addr, "admin listener: /metrics, /healthz, /readyz");
+            admin = Some(tokio::spawn(server::serve_metrics(
                 metrics,
                 state.clone(),
-                until_stopped(stopped.clone()),
-            ));
+                until_stopped(admin_stopped),
+            )));
         }
         if let Some(addr) = config.server.tls_listen {
             let ca = state.tls.as_ref().map(|t| t.leaves.ca().clone());
@@ -160,22 +171,55 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                 .await
                 .map_err(|e| format!("cannot listen on {addr} (server.tls-listen): {e}"))?;
             tracing::info!(listen = %addr, "TLS mirror listener");
-            tokio::spawn(server::serve_tls(
+            listeners.push(tokio::spawn(server::serve_tls(
                 listener,
                 state.clone(),
                 until_stopped(stopped.clone()),
                 tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls)),
-            ));
+            )));
         }
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = stop.send(true);
-        });
+        listeners.push(tokio::spawn(server::serve(
+            listener,
+            state.clone(),
+            until_stopped(stopped),
+        )));
+        state.lifecycle.listeners_bound();
         tracing::info!(listen = %config.server.listen, registries = config.registries.len(), "stevedore serving");
-        server::serve(listener, state, until_stopped(stopped)).await?;
+
+        shutdown_signal().await;
+        state.lifecycle.start_draining();
+        // A second signal while draining ends the process at once (unfinished fills are
+        // removed by the next start).
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::warn!("second shutdown signal: exiting without finishing the drain");
+            std::process::exit(1);
+        });
+        let delay = config.server.shutdown_delay;
+        tracing::info!(?delay, drain = ?config.server.drain_timeout, "shutting down: not ready any more");
+        tokio::time::sleep(delay).await;
+        let _ = stop.send(true);
+        for l in listeners {
+            if let Ok(Err(e)) = l.await {
+                tracing::warn!(error = %e, "listener ended with an error");
+            }
+        }
+        if let Some(store) = state.pull.store() {
+            let aborted = store.abort_fills(std::time::Duration::from_secs(10)).await;
+            if aborted > 0 {
+                tracing::warn!(fills = aborted, "fills still running at shutdown were aborted (nothing partial is kept)");
+            }
+        }
+        let _ = admin_stop.send(true);
+        if let Some(a) = admin {
+            let _ = a.await;
+        }
         tracing::info!("stopped");
-        Ok(())
-    })
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    // Blocking work (fills' writers removing their temp files) finishes before the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    Ok(())
 }
 
 async fn shutdown_signal() {

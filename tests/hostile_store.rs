@@ -340,26 +340,11 @@ async fn accept_spellings_cannot_multiply_upstream_gets_or_tag_records() {
         1,
         "one upstream GET for the tag"
     );
-    let records = walk_files(&s.store.path().join("repos"))
+    let records = common::util::walk_files(&s.store.path().join("repos"))
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("/_tags/v1/"))
         .count();
     assert_eq!(records, 1, "one tag record on disk");
-}
-
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,7 @@
 
 pub mod ca;
 pub mod cache;
+pub mod health;
 pub mod image;
 pub mod platform;
 pub mod prefetch;

@@ -55,6 +55,18 @@ pub struct ServerConfig {
     /// The TLS mirror listener's certificate and client certificates.
     #[serde(default)]
     pub tls: TlsListenerConfig,
+    /// On SIGTERM: how long responses in flight may take to finish once `/readyz` has turned
+    /// unready and the listeners have closed; fills still running after it are aborted.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// On SIGTERM: how long the listeners keep accepting after `/readyz` has turned unready,
+    /// so load balancers and Kubernetes endpoints stop sending clients first.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for ServerConfig {
@@ -64,6 +76,8 @@ impl Default for ServerConfig {
             metrics_listen: None,
             tls_listen: None,
             tls: TlsListenerConfig::default(),
+            drain_timeout: default_drain_timeout(),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }

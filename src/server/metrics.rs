@@ -1,5 +1,6 @@
-//! The metrics listener: `GET /metrics` in the Prometheus text format, on its own address so
-//! it can stay private while the mirror listener serves anonymous clients.
+//! The admin listener: `GET /metrics` in the Prometheus text format, `/healthz` and `/readyz`
+//! for probes, on its own address so it can stay private while the mirror listener serves
+//! anonymous clients. It keeps answering while the mirror drains, so probes see the drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +16,7 @@ use tokio::net::TcpListener;
 use super::AppState;
 use super::response::{self, Body};
 
-/// Serves `/metrics` until `shutdown` resolves.
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -43,11 +44,38 @@ pub async fn serve_metrics(
 }
 
 async fn handle(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body> {
-    if req.uri().path() != "/metrics" {
-        let mut r = Response::new(response::full(Bytes::from_static(b"not found\n")));
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
+    match req.uri().path() {
+        "/metrics" => metrics(state).await,
+        "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => {
+            let reasons = super::lifecycle::unready_reasons(state).await;
+            if reasons.is_empty() {
+                text(StatusCode::OK, "ready\n".to_owned())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", reasons.join("; ")),
+                )
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found (/metrics, /healthz, /readyz)\n".to_owned(),
+        ),
     }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(response::full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn metrics(state: &Arc<AppState>) -> Response<Body> {
     let telemetry = state.telemetry.clone();
     // Collecting waits for the reader's thread: keep it off the async threads.
     let text = tokio::task::spawn_blocking(move || telemetry.render())

@@ -75,6 +75,22 @@ impl DiskLayout {
         self.root.join("tmp")
     }
 
+    /// Creates, syncs and removes a small file where fills write: fails if the store cannot
+    /// take new content (read-only, out of inodes, gone).
+    pub fn probe_write(&self) -> io::Result<()> {
+        let path = self.tmp_dir().join(format!(
+            "probe-{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = fs::File::create(&path).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, b"ok")?;
+            f.sync_data()
+        });
+        let _ = fs::remove_file(&path);
+        result
+    }
+
     /// The committed path of `digest`.
     pub fn path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();

@@ -167,13 +167,18 @@ impl Store {
         let digest = digest.clone();
         tokio::spawn(async move {
             let timeout = store.config.fill_timeout;
-            let outcome =
-                match tokio::time::timeout(timeout, pump(&store, temp, source, tx.clone())).await {
+            let pumped = tokio::time::timeout(timeout, pump(&store, temp, source, tx.clone()));
+            let outcome = tokio::select! {
+                r = pumped => match r {
                     Ok(r) => r,
                     Err(_) => Err(FillFailure::Upstream(format!(
                         "fill did not finish within {timeout:?}"
                     ))),
-                };
+                },
+                () = store.stopping.cancelled() => Err(FillFailure::Upstream(
+                    "aborted: stevedore is shutting down".to_owned(),
+                )),
+            };
             match outcome {
                 Ok(size) => {
                     store.lru.insert(&digest, size);

@@ -87,6 +87,9 @@ pub struct Store {
     space: space::Space,
     config: StoreConfig,
     pub stats: StoreStats,
+    /// Cancelled when the process shuts down: fills still running then are aborted, their
+    /// temp files removed.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Drop for Store {
@@ -123,6 +126,7 @@ impl Store {
                 .build(),
             config: config.clone(),
             stats: StoreStats::default(),
+            stopping: tokio_util::sync::CancellationToken::new(),
         });
         store.remove_victims(store.lru.take_victims(config.max_size.0));
         store.evict_on_release();
@@ -397,6 +401,23 @@ impl Store {
     /// Whether the store is below its free-space watermark now.
     pub fn low_on_space(&self) -> bool {
         self.space.is_low(0)
+    }
+
+    /// Aborts every fill still running (their temp files are removed, nothing partial is
+    /// committed) and waits up to `wait` for them to end. Returns how many were aborted.
+    pub async fn abort_fills(&self, wait: std::time::Duration) -> usize {
+        let running = self.summary().fills_in_flight;
+        self.stopping.cancel();
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.summary().fills_in_flight > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        running
+    }
+
+    /// Whether a file can be created in the store now (for readiness).
+    pub async fn writable(self: &Arc<Self>) -> bool {
+        self.blocking(|s| s.layout.probe_write()).await.is_ok()
     }
 
     pub fn summary(&self) -> StoreSummary {
