@@ -11,6 +11,7 @@ pub mod image;
 pub mod platform;
 pub mod prefetch;
 mod progress;
+pub mod serve;
 mod walk;
 
 use std::path::{Path, PathBuf};

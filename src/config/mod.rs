@@ -4,6 +4,7 @@
 
 pub mod contrast;
 mod model;
+mod observe;
 pub mod policy;
 mod secret_source;
 mod validate;
@@ -12,6 +13,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use model::*;
+pub use observe::{LogConfig, LogFormat, TracingConfig};
 pub use secret_source::{SecretError, SecretSource};
 pub use validate::realm_host;
 
@@ -120,6 +122,7 @@ impl Config {
         })?;
         let mut problems = validate::check(&config);
         problems.extend(policy::problems(config.policy.as_ref()));
+        problems.extend(observe::problems(&config.log, &config.tracing));
         for (i, path) in config.credentials.contrast.iter().enumerate() {
             if let Err(e) = contrast::read(path) {
                 problems.push(Problem {

@@ -30,6 +30,10 @@ pub struct Config {
     pub proxy: ForwardProxyConfig,
     #[serde(default)]
     pub ca: CaConfig,
+    #[serde(default)]
+    pub log: super::LogConfig,
+    #[serde(default)]
+    pub tracing: super::TracingConfig,
     /// Who may pull what; without it every client may pull from every configured registry.
     pub policy: Option<super::policy::PolicyConfig>,
     /// Upstream registries by host name as clients spell it (`docker.io`, `ghcr.io`,

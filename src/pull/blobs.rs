@@ -79,6 +79,7 @@ impl PullService {
             };
             match outcome {
                 Outcome::Done(FillOutcome::Running(fill)) => {
+                    crate::telemetry::request::link_current(&fill.span);
                     if !self
                         .may_serve_stored(store, &upstream, route, digest)
                         .await?

@@ -17,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::LimitsConfig;
 
@@ -57,30 +56,33 @@ pub enum Refusal {
     TooManyFromClient,
 }
 
-/// Counts open connections.
+/// Counts open connections, in total and per client, against limits a reload may change.
 pub struct Admission {
-    total: Arc<Semaphore>,
-    per_client: Arc<Mutex<HashMap<ClientKey, usize>>>,
-    max_per_client: usize,
+    counts: Arc<Mutex<Counts>>,
+    max_total: AtomicUsize,
+    max_per_client: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_client: HashMap<ClientKey, usize>,
 }
 
 /// One admitted connection; its counts are released when it drops.
 pub struct Ticket {
-    _total: OwnedSemaphorePermit,
-    per_client: Arc<Mutex<HashMap<ClientKey, usize>>>,
+    counts: Arc<Mutex<Counts>>,
     client: ClientKey,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut map = self
-            .per_client
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.client) {
+        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.client);
+                c.per_client.remove(&self.client);
             }
         }
     }
@@ -89,41 +91,44 @@ impl Drop for Ticket {
 impl Admission {
     pub fn new(limits: &LimitsConfig) -> Self {
         Self {
-            total: Arc::new(Semaphore::new(limits.max_connections)),
-            per_client: Arc::default(),
-            max_per_client: limits.max_connections_per_client,
+            counts: Arc::default(),
+            max_total: AtomicUsize::new(limits.max_connections),
+            max_per_client: AtomicUsize::new(limits.max_connections_per_client),
         }
     }
 
+    /// New limits for new connections; open ones stay.
+    pub fn set_limits(&self, limits: &LimitsConfig) {
+        self.max_total
+            .store(limits.max_connections, Ordering::Relaxed);
+        self.max_per_client
+            .store(limits.max_connections_per_client, Ordering::Relaxed);
+    }
+
     pub fn admit(&self, client: ClientKey) -> Result<Ticket, Refusal> {
-        let total = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::TooManyConnections)?;
-        let mut map = self
-            .per_client
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = map.entry(client).or_insert(0);
-        if *n >= self.max_per_client {
+        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.total >= self.max_total.load(Ordering::Relaxed) {
+            return Err(Refusal::TooManyConnections);
+        }
+        let max_per_client = self.max_per_client.load(Ordering::Relaxed);
+        let n = c.per_client.entry(client).or_insert(0);
+        if *n >= max_per_client {
             return Err(Refusal::TooManyFromClient);
         }
         *n += 1;
+        c.total += 1;
         Ok(Ticket {
-            _total: total,
-            per_client: self.per_client.clone(),
+            counts: self.counts.clone(),
             client,
         })
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.per_client
+        self.counts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .sum()
+            .total
     }
 }
 

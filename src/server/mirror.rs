@@ -6,33 +6,42 @@ use http::{HeaderMap, Request, Response};
 
 use super::pacing::Pacer;
 use super::response::{self, Body, Failure};
-use super::{AppState, access};
+use super::{AppState, Live, access};
 use crate::policy::Caller;
 use crate::pull::{ByteRange, ManifestAccept};
 use crate::reference::RegistryHost;
 use crate::route::{self, ApiRequest, Route, RouteContext, RouteKind};
+use crate::telemetry::request;
 
 /// Serves a mirror request; `authority` is the registry of a forward-proxy request (the only
 /// one it may name).
 pub async fn handle<B>(
     state: &AppState,
+    live: &Live,
     req: &Request<B>,
     caller: Option<&Caller>,
     pacer: &Pacer,
     authority: Option<&RegistryHost>,
 ) -> Result<Response<Body>, Failure> {
     let ctx = RouteContext {
-        default_registry: &state.default_registry,
+        default_registry: &live.default_registry,
         authority,
     };
     let uri = req.uri();
-    let policy = state.policy.as_ref();
+    let policy = live.policy.as_ref();
     match route::parse(req.method(), uri.path(), uri.query(), &ctx)? {
         ApiRequest::Ping => {
+            request::set_route("ping");
             access::check_ping(policy, caller)?;
             Ok(response::ping())
         }
         ApiRequest::Read(route) => {
+            request::set_route(match route.kind {
+                RouteKind::Manifest(_) => "manifest",
+                RouteKind::Blob(_) => "blob",
+                RouteKind::Tags { .. } => "tags",
+                RouteKind::Referrers { .. } => "referrers",
+            });
             let outcome = match access::check(policy, caller, &route) {
                 Ok(()) => read(state, &route, req.headers(), pacer).await,
                 Err(refused) => Err(refused),

@@ -13,6 +13,7 @@ pub mod mirror;
 mod pacing;
 mod proxy;
 mod ratelimit;
+pub mod reload;
 pub mod response;
 mod state;
 
@@ -20,14 +21,14 @@ pub use conn::ClientKey;
 pub use metrics::serve_metrics;
 pub use pacing::StreamMemory;
 use state::RateKey;
-pub use state::{AppState, StartError, TlsState};
+pub use state::{AppState, Live, StartError, TlsState};
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt as _;
@@ -38,9 +39,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument as _;
 
 use crate::config::LimitsConfig;
 use crate::reference::RegistryHost;
+use crate::telemetry::request::{self, RequestContext};
 use crate::tls::CertName;
 use conn::{Activity, Timeouts, Watched};
 use pacing::{Guarded, Pacer};
@@ -128,7 +131,6 @@ async fn serve_listener(
     shutdown: impl Future<Output = ()>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()> {
-    let timeouts = Timeouts::from(&state.limits);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -152,7 +154,9 @@ async fn serve_listener(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                conn::set_send_buffer(&stream, state.limits.socket_send_buffer.0);
+                let limits = state.live().limits.clone();
+                let timeouts = Timeouts::from(&limits);
+                conn::set_send_buffer(&stream, limits.socket_send_buffer.0);
                 let activity = Activity::new();
                 let info = ConnInfo::new(peer, stream.as_raw_fd(), activity.clone());
                 let io = Watched::new(stream, activity.clone());
@@ -227,7 +231,7 @@ async fn serve_conn<I>(state: Arc<AppState>, io: I, info: ConnInfo, watcher: Opt
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = http_builder(&state.limits);
+    let builder = http_builder(&state.live().limits);
     let peer = info.peer;
     let svc = service_fn(move |req| {
         let state = state.clone();
@@ -295,32 +299,70 @@ async fn handle(
     conn: &ConnInfo,
 ) -> Response<Body> {
     let in_flight = conn.activity.request_started();
-    let started = Instant::now();
-    let mut resp = match front(state, &mut req, conn).await {
-        Ok(r) => r,
-        Err(e) => response::error(&e),
-    };
-    resp.headers_mut().insert(
+    let ctx = RequestContext::new();
+    let span = request::span(&ctx, req.method(), req.uri().path(), req.headers());
+    let answered = ctx
+        .clone()
+        .scope(front(state, &mut req, conn))
+        .instrument(span.clone())
+        .await;
+    let mut resp = answered.unwrap_or_else(|e| response::error(&e));
+    let headers = resp.headers_mut();
+    headers.insert(
         response::API_VERSION_HEADER,
         HeaderValue::from_static(response::API_VERSION),
     );
+    if let Ok(id) = HeaderValue::from_str(&ctx.id) {
+        headers.insert(REQUEST_ID_HEADER, id);
+    }
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
     state.telemetry.requests.add(
         1,
         &[
             opentelemetry::KeyValue::new("method", method_label(req.method())),
-            opentelemetry::KeyValue::new("status", i64::from(resp.status().as_u16())),
+            opentelemetry::KeyValue::new("status", i64::from(status)),
         ],
     );
-    tracing::info!(
-        peer = %conn.peer,
-        method = %req.method(),
-        path = req.uri().path(),
-        query = req.uri().query().unwrap_or(""),
-        status = resp.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
-    resp.map(|body| Guarded::new(body, in_flight).boxed_unsync())
+    let elapsed = ctx.started.elapsed();
+    state
+        .telemetry
+        .record_ttfb(ctx.labels(), elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            peer = %conn.peer,
+            method = %req.method(),
+            path = req.uri().path(),
+            query = req.uri().query().unwrap_or(""),
+            status,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "request"
+        );
+    });
+    let end = RequestEnd {
+        telemetry: state.telemetry.clone(),
+        ctx,
+        _span: span,
+    };
+    resp.map(|body| Guarded::new(body, (in_flight, end)).boxed_unsync())
+}
+
+/// The `x-request-id` response header: the id on the request's log lines.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Held by a response body until it ends or its client goes: records the request's whole
+/// time and keeps its span open while the body streams.
+struct RequestEnd {
+    telemetry: Arc<crate::telemetry::Telemetry>,
+    ctx: Arc<RequestContext>,
+    _span: tracing::Span,
+}
+
+impl Drop for RequestEnd {
+    fn drop(&mut self) {
+        self.telemetry
+            .record_duration(self.ctx.labels(), self.ctx.started.elapsed().as_secs_f64());
+    }
 }
 
 /// Checks that apply to every request, then the mirror.
@@ -344,7 +386,7 @@ async fn front(
             Some(target.registry.clone())
         }
         None if req.method() == Method::CONNECT || absolute_form => {
-            if !state.proxy.enabled {
+            if !state.live().proxy.enabled {
                 let authority = req
                     .uri()
                     .authority()
@@ -352,19 +394,21 @@ async fn front(
                 return Err(Failure::Front(FrontRefusal::NotAProxy { authority }));
             }
             if req.method() == Method::CONNECT {
+                request::set_route("proxy");
                 return proxy::connect(state, req, conn).await;
             }
             Some(proxy::absolute_registry(state, req.uri())?)
         }
         None => None,
     };
+    let live = state.live();
     let caller = access::identify(
-        state.policy.as_ref(),
+        live.policy.as_ref(),
         conn.peer.ip(),
         req.headers(),
         conn.client_cert.as_deref(),
     );
-    if let Some(rates) = &state.rates {
+    if let Some(rates) = &live.rates {
         let key = match &caller {
             Ok(Some(c)) if c.authenticated => RateKey::Identity(c.label()),
             _ => RateKey::Client(ClientKey::of(conn.peer.ip())),
@@ -380,7 +424,15 @@ async fn front(
         memory: state.streams.clone(),
         socket: (req.version() < Version::HTTP_2).then_some(conn.socket),
     };
-    mirror::handle(state, req, caller.as_ref(), &pacer, authority.as_ref()).await
+    mirror::handle(
+        state,
+        &live,
+        req,
+        caller.as_ref(),
+        &pacer,
+        authority.as_ref(),
+    )
+    .await
 }
 
 /// The request method as a metric label: the standard ones by name, anything else "other",

@@ -29,14 +29,14 @@ pub const MIN_CHUNK: usize = 16 * 1024;
 /// Memory all response streams share for chunks in flight.
 #[derive(Debug)]
 pub struct StreamMemory {
-    capacity: usize,
+    capacity: AtomicUsize,
     used: AtomicUsize,
 }
 
 impl StreamMemory {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
-            capacity,
+            capacity: AtomicUsize::new(capacity),
             used: AtomicUsize::new(0),
         })
     }
@@ -45,8 +45,14 @@ impl StreamMemory {
     fn grant(&self, want: usize) -> usize {
         let free = self
             .capacity
+            .load(Ordering::Relaxed)
             .saturating_sub(self.used.load(Ordering::Relaxed));
         want.min(free).max(MIN_CHUNK)
+    }
+
+    /// Changes the budget (config reload); streams adapt with their next chunk.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
     }
 
     /// Bytes in flight now.

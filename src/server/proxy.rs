@@ -110,13 +110,14 @@ async fn destination(state: &AppState, host: &str, port: u16) -> Result<Destinat
             name: CertName::parse(host),
         }));
     }
-    if state
+    let live = state.live();
+    if live
         .proxy
         .tunnel
         .iter()
         .any(|t| t.eq_ignore_ascii_case(&target))
     {
-        let addrs = resolve(host, port, state.proxy.tunnel_private_network)
+        let addrs = resolve(host, port, live.proxy.tunnel_private_network)
             .await
             .map_err(|reason| refused(&target, reason))?;
         return Ok(Destination::Tunnel(addrs));
@@ -232,7 +233,7 @@ pub(super) fn absolute_registry(state: &AppState, uri: &Uri) -> Result<RegistryH
     let authority = uri
         .authority()
         .map_or_else(String::new, ToString::to_string);
-    if !state.proxy.enabled {
+    if !state.live().proxy.enabled {
         return Err(Failure::Front(FrontRefusal::NotAProxy { authority }));
     }
     let default_port = if uri.scheme_str() == Some("https") {

@@ -1,10 +1,11 @@
 //! What every request handler shares ([`AppState`]), built once from the validated config, and
 //! the background work that keeps it current (Contrast files, upstream rate-limit gauges).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::config::{Config, ForwardProxyConfig, LimitsConfig};
+use crate::config::{Config, ForwardProxyConfig, LimitsConfig, RegistryConfig};
 use crate::credentials::CredentialStore;
 use crate::policy::Policy;
 use crate::pull::PullService;
@@ -22,20 +23,43 @@ use super::ratelimit;
 /// What every request handler shares.
 pub struct AppState {
     pub pull: PullService,
-    pub default_registry: RegistryHost,
     pub telemetry: Arc<Telemetry>,
-    pub limits: LimitsConfig,
+    /// The settings a config reload swaps; each request takes the current ones once.
+    live: RwLock<Arc<Live>>,
+    /// The registry sections of the config file in use (Contrast files are merged over them).
+    pub(super) own_registries: Arc<RwLock<BTreeMap<String, RegistryConfig>>>,
+    pub(super) credentials: Arc<CredentialStore>,
     pub(super) admission: Admission,
     pub streams: Arc<StreamMemory>,
-    pub(super) rates: Option<ratelimit::Rates<RateKey>>,
-    pub policy: Option<Policy>,
-    pub proxy: ForwardProxyConfig,
     /// stevedore's CA and the leaves it mints; `None` when there is no CA to use.
     pub tls: Option<Arc<TlsState>>,
     /// Readiness and draining, for the probes and the listeners.
     pub lifecycle: Lifecycle,
     /// How long responses in flight may take to finish on shutdown (`server.drain-timeout`).
     pub drain_timeout: Duration,
+}
+
+/// The settings a config reload swaps.
+pub struct Live {
+    pub default_registry: RegistryHost,
+    pub limits: LimitsConfig,
+    pub policy: Option<Policy>,
+    pub proxy: ForwardProxyConfig,
+    pub(super) rates: Option<ratelimit::Rates<RateKey>>,
+}
+
+impl Live {
+    pub(super) fn from_config(config: &Config) -> Result<Self, StartError> {
+        let limits = config.limits.clone();
+        Ok(Self {
+            default_registry: RegistryHost::parse(&config.routing.default_registry)
+                .map_err(|e| StartError::Config(format!("routing.default-registry: {e}")))?,
+            rates: ratelimit::Rates::new(limits.requests_per_second, limits.request_burst),
+            limits,
+            policy: config.policy.as_ref().map(Policy::from_config),
+            proxy: config.proxy.clone(),
+        })
+    }
 }
 
 /// What TLS interception needs.
@@ -75,8 +99,7 @@ impl AppState {
         env: &ProxyEnv,
         tls: Option<Arc<TlsState>>,
     ) -> Result<Arc<Self>, StartError> {
-        let default_registry = RegistryHost::parse(&config.routing.default_registry)
-            .map_err(|e| StartError::Config(format!("routing.default-registry: {e}")))?;
+        let live = Live::from_config(config)?;
         let registries = config.effective_registries();
         let credentials = Arc::new(CredentialStore::from_config(config, &registries));
         let telemetry = Arc::new(Telemetry::new());
@@ -113,18 +136,17 @@ impl AppState {
         }
         let limits = config.limits.clone();
         warn_if_open(config);
-        watch_contrast_files(config, &upstreams, &credentials);
+        let own_registries = Arc::new(RwLock::new(config.registries.clone()));
+        watch_contrast_files(config, &own_registries, &upstreams, &credentials);
         let state = Arc::new(Self {
             pull: PullService::new(upstreams, &config.upstream, store, telemetry.clone()),
-            default_registry,
             telemetry,
             admission: Admission::new(&limits),
             streams: StreamMemory::new(limits.stream_buffer.0 as usize),
-            rates: ratelimit::Rates::new(limits.requests_per_second, limits.request_burst),
-            policy: config.policy.as_ref().map(Policy::from_config),
-            proxy: config.proxy.clone(),
+            live: RwLock::new(Arc::new(live)),
+            own_registries,
+            credentials,
             tls,
-            limits,
             lifecycle: Lifecycle::default(),
             drain_timeout: config.server.drain_timeout,
         });
@@ -141,6 +163,22 @@ impl AppState {
                 streams.used() as u64
             });
         Ok(state)
+    }
+
+    /// The settings in effect now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts reloaded settings in effect for new requests and connections.
+    pub(super) fn set_live(&self, live: Live) {
+        self.admission.set_limits(&live.limits);
+        self.streams
+            .set_capacity(live.limits.stream_buffer.0 as usize);
+        *self.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(live);
     }
 
     /// Client connections open now.
@@ -187,6 +225,7 @@ const CONTRAST_CHECK: Duration = Duration::from_secs(5);
 /// credentials and TLS settings alike. A file that does not parse keeps the sections in use.
 fn watch_contrast_files(
     config: &Config,
+    own: &Arc<RwLock<BTreeMap<String, RegistryConfig>>>,
     upstreams: &Arc<Upstreams>,
     credentials: &Arc<CredentialStore>,
 ) {
@@ -197,7 +236,7 @@ fn watch_contrast_files(
     if files.is_empty() {
         return;
     }
-    let own = config.registries.clone();
+    let own = own.clone();
     let (upstreams, credentials) = (Arc::downgrade(upstreams), Arc::downgrade(credentials));
     runtime.spawn(async move {
         let stamp = |files: &[std::path::PathBuf]| {
@@ -236,6 +275,7 @@ fn watch_contrast_files(
             last = now;
             match parsed {
                 Ok(sections) => {
+                    let own = own.read().unwrap_or_else(PoisonError::into_inner).clone();
                     let merged = crate::config::contrast::merge(&own, &sections);
                     match upstreams.reload(&merged) {
                         Ok(()) => {

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -60,6 +61,9 @@ pub enum PassReason {
 pub struct Fill {
     pub digest: Digest,
     pub total: Option<u64>,
+    /// The fill's span: the request that started it is its trace parent, those that joined
+    /// it are linked to it.
+    pub span: tracing::Span,
     temp_path: PathBuf,
     committed_path: PathBuf,
     progress: watch::Receiver<Progress>,
@@ -155,9 +159,18 @@ impl Store {
             written: 0,
             state: FillState::Running,
         });
+        let span = tracing::info_span!(
+            parent: None,
+            "fill",
+            %digest,
+            request_id = crate::telemetry::request::current_id().unwrap_or_default(),
+            size = source.total,
+        );
+        crate::telemetry::request::parent_current(&span);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
             total: source.total,
+            span: span.clone(),
             temp_path: temp.path().to_owned(),
             committed_path: self.layout.path(digest),
             progress: rx,
@@ -165,36 +178,39 @@ impl Store {
         self.stats.fills.fetch_add(1, Ordering::Relaxed);
         let store = self.clone();
         let digest = digest.clone();
-        tokio::spawn(async move {
-            let timeout = store.config.fill_timeout;
-            let pumped = tokio::time::timeout(timeout, pump(&store, temp, source, tx.clone()));
-            let outcome = tokio::select! {
-                r = pumped => match r {
-                    Ok(r) => r,
-                    Err(_) => Err(FillFailure::Upstream(format!(
-                        "fill did not finish within {timeout:?}"
-                    ))),
-                },
-                () = store.stopping.cancelled() => Err(FillFailure::Upstream(
-                    "aborted: stevedore is shutting down".to_owned(),
-                )),
-            };
-            match outcome {
-                Ok(size) => {
-                    store.lru.insert(&digest, size);
-                    drop(reservation);
-                    let victims = store.lru.take_victims(store.config.max_size.0);
-                    store.evict_later(victims);
-                    store.space.invalidate();
-                    tx.send_modify(|p| p.state = FillState::Committed);
+        tokio::spawn(
+            async move {
+                let timeout = store.config.fill_timeout;
+                let pumped = tokio::time::timeout(timeout, pump(&store, temp, source, tx.clone()));
+                let outcome = tokio::select! {
+                    r = pumped => match r {
+                        Ok(r) => r,
+                        Err(_) => Err(FillFailure::Upstream(format!(
+                            "fill did not finish within {timeout:?}"
+                        ))),
+                    },
+                    () = store.stopping.cancelled() => Err(FillFailure::Upstream(
+                        "aborted: stevedore is shutting down".to_owned(),
+                    )),
+                };
+                match outcome {
+                    Ok(size) => {
+                        store.lru.insert(&digest, size);
+                        drop(reservation);
+                        let victims = store.lru.take_victims(store.config.max_size.0);
+                        store.evict_later(victims);
+                        store.space.invalidate();
+                        tx.send_modify(|p| p.state = FillState::Committed);
+                    }
+                    Err(failure) => {
+                        tracing::warn!(%digest, reason = %failure, "fill failed");
+                        tx.send_modify(|p| p.state = FillState::Failed(failure));
+                    }
                 }
-                Err(failure) => {
-                    tracing::warn!(%digest, reason = %failure, "fill failed");
-                    tx.send_modify(|p| p.state = FillState::Failed(failure));
-                }
+                drop(permit);
             }
-            drop(permit);
-        });
+            .instrument(span),
+        );
         Ok(fill)
     }
 }

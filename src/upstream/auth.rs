@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use moka::Expiry;
 use serde::Deserialize;
@@ -164,7 +165,13 @@ impl TokenCache {
         self.cache
             .try_get_with(key, async {
                 self.fetches.fetch_add(1, Ordering::Relaxed);
-                fetch(&req).await.map(Arc::new)
+                let span = tracing::info_span!(
+                    "token",
+                    otel.kind = "client",
+                    realm = req.realm.host_str().unwrap_or("?"),
+                    scope = req.scope,
+                );
+                fetch(&req).instrument(span).await.map(Arc::new)
             })
             .await
             .map_err(|e: Arc<UpstreamError>| (*e).clone())

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
@@ -348,9 +349,34 @@ impl Upstream {
         }
     }
 
+    /// Sends one request in its own span (registry, method and path; never a header).
+    async fn execute(
+        &self,
+        ep: &Endpoint,
+        req: &UpstreamRequest,
+        authorization: Option<HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let span = tracing::info_span!(
+            "upstream",
+            otel.kind = "client",
+            registry = %self.registry,
+            method = %req.method,
+            path = %req.path,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let sent = self
+            .execute_once(ep, req, authorization)
+            .instrument(span.clone())
+            .await;
+        if let Ok(resp) = &sent {
+            span.record("http.response.status_code", resp.status().as_u16());
+        }
+        sent
+    }
+
     /// Sends one request, following redirects by hand: `Authorization` never crosses to
     /// another origin (Docker Hub sends blob GETs to a CDN).
-    async fn execute(
+    async fn execute_once(
         &self,
         ep: &Endpoint,
         req: &UpstreamRequest,

@@ -1,17 +1,23 @@
-//! Metrics: every instrument is named here and recorded through OpenTelemetry. A periodic
-//! reader hands them to an exporter that renders the Prometheus text format, which
-//! `[server] metrics-listen` serves (flushed on every scrape, so numbers are current).
+//! What stevedore tells about itself: metrics (here), logs (`logs.rs`), spans exported over
+//! OTLP (`traces.rs`), and the request context tying them together (`request.rs`).
 //!
+//! Every instrument is named here and recorded through OpenTelemetry. A periodic reader
+//! hands them to an exporter that renders the Prometheus text format (`prometheus.rs`),
+//! which `[server] metrics-listen` serves (flushed on every scrape, so numbers are current).
 //! Labels hold only bounded, non-secret values: methods, status codes, kinds, results.
 
-use std::fmt::Write as _;
+pub mod logs;
+mod prometheus;
+pub mod request;
+pub mod traces;
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 
@@ -53,7 +59,24 @@ pub mod names {
     pub const UPSTREAM_RATELIMIT_LIMIT: &str = "stevedore.upstream.ratelimit.limit";
     /// Requests an upstream has left (`ratelimit-remaining`); label `registry`.
     pub const UPSTREAM_RATELIMIT_REMAINING: &str = "stevedore.upstream.ratelimit.remaining";
+    /// Seconds from a request's arrival to its response head; labels `route`, `cache`.
+    pub const REQUEST_TTFB: &str = "stevedore.request.ttfb";
+    /// Seconds from a request's arrival to its body's end (or the client leaving); labels
+    /// `route`, `cache`.
+    pub const REQUEST_DURATION: &str = "stevedore.request.duration";
+    /// Blob fills running now.
+    pub const FILLS_IN_FLIGHT: &str = "stevedore.fills.in_flight";
+    /// Blobs in the store.
+    pub const STORE_ENTRIES: &str = "stevedore.store.entries";
+    /// Config reloads; label `result` (`ok`, `rejected`).
+    pub const CONFIG_RELOADS: &str = "stevedore.config.reloads";
 }
+
+/// Bucket bounds of the latency histograms, in seconds.
+const LATENCY_BOUNDS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    120.0,
+];
 
 /// Reads one of the store's counters.
 type StoreCounter = fn(&Store) -> u64;
@@ -72,6 +95,9 @@ pub struct Telemetry {
     pub requests: Counter<u64>,
     pub upstream_requests: Counter<u64>,
     pub cache_lookups: Counter<u64>,
+    pub config_reloads: Counter<u64>,
+    ttfb: Histogram<f64>,
+    duration: Histogram<f64>,
 }
 
 impl Default for Telemetry {
@@ -89,7 +115,7 @@ impl PushMetricExporter for Snapshot {
         &self,
         metrics: &ResourceMetrics,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let text = render(metrics);
+        let text = prometheus::render(metrics);
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = text;
         std::future::ready(Ok(()))
     }
@@ -119,14 +145,28 @@ impl Telemetry {
             requests: meter.u64_counter(names::REQUESTS).build(),
             upstream_requests: meter.u64_counter(names::UPSTREAM_REQUESTS).build(),
             cache_lookups: meter.u64_counter(names::CACHE_LOOKUPS).build(),
+            config_reloads: meter.u64_counter(names::CONFIG_RELOADS).build(),
+            ttfb: latency(&meter, names::REQUEST_TTFB),
+            duration: latency(&meter, names::REQUEST_DURATION),
             provider,
             snapshot,
             meter,
         }
     }
 
-    /// Counts one lookup in the store.
+    /// Records a request's time to its response head.
+    pub fn record_ttfb(&self, labels: request::Labels, seconds: f64) {
+        self.ttfb.record(seconds, &latency_labels(labels));
+    }
+
+    /// Records a request's whole time, body included.
+    pub fn record_duration(&self, labels: request::Labels, seconds: f64) {
+        self.duration.record(seconds, &latency_labels(labels));
+    }
+
+    /// Counts one lookup in the store (and labels the current request with its result).
     pub fn cache(&self, kind: &'static str, result: &'static str) {
+        request::set_cache(result);
         self.cache_lookups.add(
             1,
             &[KeyValue::new("kind", kind), KeyValue::new("result", result)],
@@ -162,6 +202,24 @@ impl Telemetry {
             .with_callback(move |o| {
                 if let Some(s) = weak.upgrade() {
                     o.observe(u64::from(s.low_on_space()), &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(store);
+        self.meter
+            .u64_observable_gauge(names::FILLS_IN_FLIGHT)
+            .with_callback(move |o| {
+                if let Some(s) = weak.upgrade() {
+                    o.observe(s.summary().fills_in_flight as u64, &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(store);
+        self.meter
+            .u64_observable_gauge(names::STORE_ENTRIES)
+            .with_callback(move |o| {
+                if let Some(s) = weak.upgrade() {
+                    o.observe(s.summary().items as u64, &[]);
                 }
             })
             .build();
@@ -226,36 +284,6 @@ impl Telemetry {
     }
 }
 
-fn render(rm: &ResourceMetrics) -> String {
-    let mut out = String::new();
-    for scope in rm.scope_metrics() {
-        for metric in scope.metrics() {
-            let base = metric.name().replace(['.', '-'], "_");
-            match metric.data() {
-                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
-                    let (name, kind) = if sum.is_monotonic() {
-                        (format!("{base}_total"), "counter")
-                    } else {
-                        (base.clone(), "gauge")
-                    };
-                    let _ = writeln!(out, "# TYPE {name} {kind}");
-                    for p in sum.data_points() {
-                        let _ = writeln!(out, "{name}{} {}", labels(p.attributes()), p.value());
-                    }
-                }
-                AggregatedMetrics::U64(MetricData::Gauge(gauge)) => {
-                    let _ = writeln!(out, "# TYPE {base} gauge");
-                    for p in gauge.data_points() {
-                        let _ = writeln!(out, "{base}{} {}", labels(p.attributes()), p.value());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
 impl Drop for Telemetry {
     fn drop(&mut self) {
         let _ = self.provider.shutdown();
@@ -266,28 +294,28 @@ fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
     a.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> String {
-    let parts: Vec<String> = attrs
-        .map(|kv| {
-            let value = kv
-                .value
-                .as_str()
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            format!("{}=\"{value}\"", kv.key.as_str().replace(['.', '-'], "_"))
-        })
-        .collect();
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
+fn latency(meter: &Meter, name: &'static str) -> Histogram<f64> {
+    meter
+        .f64_histogram(name)
+        .with_unit("s")
+        .with_boundaries(LATENCY_BOUNDS.to_vec())
+        .build()
+}
+
+fn latency_labels(l: request::Labels) -> [KeyValue; 2] {
+    [
+        KeyValue::new("route", l.route),
+        KeyValue::new("cache", l.cache),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text_has(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
 
     #[test]
     fn renders_prometheus_text() {
@@ -315,5 +343,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("stevedore_token_fetches_total 7"), "{text}");
+        let labels = request::Labels {
+            route: "blob",
+            cache: "hit",
+        };
+        t.record_ttfb(labels, 0.003);
+        t.record_ttfb(labels, 0.2);
+        assert!(
+            text_has(
+                &t.render(),
+                "# TYPE stevedore_request_ttfb_seconds histogram"
+            ),
+            "{}",
+            t.render()
+        );
+        let text = t.render();
+        for line in [
+            "stevedore_request_ttfb_seconds_bucket{route=\"blob\",cache=\"hit\",le=\"0.0025\"} 0",
+            "stevedore_request_ttfb_seconds_bucket{route=\"blob\",cache=\"hit\",le=\"0.005\"} 1",
+            "stevedore_request_ttfb_seconds_bucket{route=\"blob\",cache=\"hit\",le=\"+Inf\"} 2",
+            "stevedore_request_ttfb_seconds_count{route=\"blob\",cache=\"hit\"} 2",
+        ] {
+            assert!(text_has(&text, line), "{line} missing from\n{text}");
+        }
     }
 }
