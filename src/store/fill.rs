@@ -195,6 +195,7 @@ impl Store {
                 };
                 match outcome {
                     Ok(size) => {
+                        tracing::info!(bytes = size, "fill committed");
                         store.lru.insert(&digest, size);
                         drop(reservation);
                         let victims = store.lru.take_victims(store.config.max_size.0);

@@ -359,10 +359,10 @@ mod tests {
         );
         let text = t.render();
         for line in [
-            "stevedore_request_ttfb_seconds_bucket{route=\"blob\",cache=\"hit\",le=\"0.0025\"} 0",
-            "stevedore_request_ttfb_seconds_bucket{route=\"blob\",cache=\"hit\",le=\"0.005\"} 1",
-            "stevedore_request_ttfb_seconds_bucket{route=\"blob\",cache=\"hit\",le=\"+Inf\"} 2",
-            "stevedore_request_ttfb_seconds_count{route=\"blob\",cache=\"hit\"} 2",
+            "stevedore_request_ttfb_seconds_bucket{cache=\"hit\",route=\"blob\",le=\"0.0025\"} 0",
+            "stevedore_request_ttfb_seconds_bucket{cache=\"hit\",route=\"blob\",le=\"0.005\"} 1",
+            "stevedore_request_ttfb_seconds_bucket{cache=\"hit\",route=\"blob\",le=\"+Inf\"} 2",
+            "stevedore_request_ttfb_seconds_count{cache=\"hit\",route=\"blob\"} 2",
         ] {
             assert!(text_has(&text, line), "{line} missing from\n{text}");
         }

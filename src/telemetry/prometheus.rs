@@ -79,6 +79,8 @@ fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>, le: Option<&str>) -> St
             )
         })
         .collect();
+    // Stable series: labels in key order.
+    parts.sort();
     if let Some(le) = le {
         parts.push(format!("le=\"{le}\""));
     }

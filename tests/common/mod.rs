@@ -20,6 +20,7 @@ pub mod docker;
 pub mod faults;
 pub mod images;
 pub mod lab;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod pulls;
