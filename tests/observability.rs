@@ -44,9 +44,12 @@ async fn a_cold_pull_exports_request_token_upstream_store_and_fill_spans() {
     // The layer arrives slowly, so that the requests after the first join its fill.
     let faults = FaultProxy::start(&registry.url()).await;
     faults.add(
-        Rule::new("/blobs/", Fault::Slow {
-            per_chunk: Duration::from_millis(10),
-        })
+        Rule::new(
+            "/blobs/",
+            Fault::Slow {
+                per_chunk: Duration::from_millis(10),
+            },
+        )
         .method("GET"),
     );
     let receiver = Receiver::start().await;
@@ -123,7 +126,10 @@ async fn a_cold_pull_exports_request_token_upstream_store_and_fill_spans() {
         .unwrap_or_else(|| panic!("no manifest request span in {names:?}"));
     assert_eq!(request.trace_id, TRACE_ID);
     assert_eq!(request.parent_span_id, PARENT_ID);
-    assert_eq!(request.attr("request_id"), Some(manifest_request_id.as_str()));
+    assert_eq!(
+        request.attr("request_id"),
+        Some(manifest_request_id.as_str())
+    );
     assert_eq!(request.attr("http.response.status_code"), Some("200"));
     let children = |parent: &str, name: &str| {
         spans
@@ -131,9 +137,18 @@ async fn a_cold_pull_exports_request_token_upstream_store_and_fill_spans() {
             .filter(|s| s.parent_span_id == parent && s.name == name)
             .count()
     };
-    assert!(children(&request.span_id, "token") >= 1, "no token span under the request");
-    assert!(children(&request.span_id, "upstream") >= 1, "no upstream span under the request");
-    assert!(children(&request.span_id, "store.read") >= 1, "no store read under the request");
+    assert!(
+        children(&request.span_id, "token") >= 1,
+        "no token span under the request"
+    );
+    assert!(
+        children(&request.span_id, "upstream") >= 1,
+        "no upstream span under the request"
+    );
+    assert!(
+        children(&request.span_id, "store.read") >= 1,
+        "no store read under the request"
+    );
 
     // The layer: three request spans; the fill is a child of one and linked to the others.
     let blob_requests: Vec<_> = spans
@@ -150,7 +165,10 @@ async fn a_cold_pull_exports_request_token_upstream_store_and_fill_spans() {
         .expect("the fill's parent is a request for the layer");
     assert_eq!(fill.trace_id, leader.trace_id);
     assert_eq!(fill.attr("request_id"), leader.attr("request_id"));
-    assert!(children(&leader.span_id, "upstream") >= 1, "the leader asked upstream");
+    assert!(
+        children(&leader.span_id, "upstream") >= 1,
+        "the leader asked upstream"
+    );
     for joined in blob_requests.iter().filter(|r| r.span_id != leader.span_id) {
         assert!(
             fill.links.contains(&joined.span_id),
@@ -188,7 +206,10 @@ async fn json_log_lines_carry_their_request_id_and_metrics_are_documented() {
     let http = client();
     let (layer, _) = image.layers[0].clone();
     let r = http
-        .get(format!("{}/v2/team/app/blobs/{layer}?ns={host}", proxy.url()))
+        .get(format!(
+            "{}/v2/team/app/blobs/{layer}?ns={host}",
+            proxy.url()
+        ))
         .send()
         .await
         .expect("blob");
@@ -201,13 +222,19 @@ async fn json_log_lines_carry_their_request_id_and_metrics_are_documented() {
         .to_owned();
     r.bytes().await.expect("body");
     let warm = http
-        .get(format!("{}/v2/team/app/blobs/{layer}?ns={host}", proxy.url()))
+        .get(format!(
+            "{}/v2/team/app/blobs/{layer}?ns={host}",
+            proxy.url()
+        ))
         .send()
         .await
         .expect("blob");
     let warm_id = warm.headers().get("x-request-id").cloned();
     warm.bytes().await.expect("body");
-    assert_ne!(warm_id.as_ref().and_then(|v| v.to_str().ok()), Some(id.as_str()));
+    assert_ne!(
+        warm_id.as_ref().and_then(|v| v.to_str().ok()),
+        Some(id.as_str())
+    );
 
     // Every line is JSON; the request's lines and its fill's carry its id.
     let committed = common::util::wait_until(Duration::from_secs(5), || {
@@ -218,8 +245,8 @@ async fn json_log_lines_carry_their_request_id_and_metrics_are_documented() {
     let mut request_lines = 0;
     let mut fill_lines = 0;
     for line in log.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         let spans = v["spans"].as_array().cloned().unwrap_or_default();
         let ids: Vec<&str> = spans
             .iter()

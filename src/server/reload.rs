@@ -20,9 +20,8 @@ use crate::telemetry::logs::LogControl;
 const FILE_CHECK: Duration = Duration::from_secs(2);
 
 /// Reloads `path` on SIGHUP and whenever it changes, until the process ends.
-pub fn watch(state: Arc<AppState>, path: PathBuf, running: Config, logs: LogControl) {
+pub fn watch(state: Arc<AppState>, path: PathBuf, started: Config, logs: LogControl) {
     tokio::spawn(async move {
-        let mut running = running;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut seen = stamp(&path);
         loop {
@@ -57,14 +56,16 @@ pub fn watch(state: Arc<AppState>, path: PathBuf, running: Config, logs: LogCont
                     tracing::error!(file = %path.display(), trigger = why, problems = e.problems.len(), "config reload rejected: the running config stays in effect");
                     count(&state, "rejected");
                 }
-                Ok(new) => match apply(&state, &running, &new, &logs) {
-                    Ok(restart) => {
-                        for key in &restart {
+                Ok(new) => match apply(&state, &new) {
+                    Ok(()) => {
+                        // Compared with what the process started with: that is what runs.
+                        for key in needs_restart(&started, &new) {
                             tracing::warn!(file = %path.display(), key, "changed, but only a restart applies it: still running with the old value");
                         }
                         tracing::info!(file = %path.display(), trigger = why, "config reloaded");
                         count(&state, "ok");
-                        running = new;
+                        // Last, so that the lines above are written at the old level.
+                        logs.set_level(&new.log.level);
                     }
                     Err(e) => {
                         tracing::error!(file = %path.display(), trigger = why, error = %e, "config reload rejected: the running config stays in effect");
@@ -95,14 +96,8 @@ fn stamp(path: &Path) -> Option<(u64, Option<std::time::SystemTime>, u64)> {
     })
 }
 
-/// Puts `new` in effect; returns the keys that changed but need a restart. Nothing changes
-/// when it fails.
-pub fn apply(
-    state: &AppState,
-    running: &Config,
-    new: &Config,
-    logs: &LogControl,
-) -> Result<Vec<&'static str>, String> {
+/// Puts the swappable settings of `new` in effect. Nothing changes when it fails.
+pub fn apply(state: &AppState, new: &Config) -> Result<(), String> {
     let live = Live::from_config(new).map_err(|e| e.to_string())?;
     let registries = new.effective_registries();
     state
@@ -116,8 +111,7 @@ pub fn apply(
         .write()
         .unwrap_or_else(PoisonError::into_inner) = new.registries.clone();
     state.set_live(live);
-    logs.set_level(&new.log.level);
-    Ok(needs_restart(running, new))
+    Ok(())
 }
 
 /// The settings that differ between `a` and `b` and that only a restart applies.
