@@ -297,3 +297,34 @@ async fn json_log_lines_carry_their_request_id_and_metrics_are_documented() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_sampled_traceparent_cannot_force_export() {
+    let receiver = Receiver::start().await;
+    let mut proxy = Process::start(
+        "",
+        &format!(
+            "[tracing]\notlp-endpoint = \"{}\"\nsample-ratio = 0.0\n",
+            receiver.url()
+        ),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let http = client();
+    for _ in 0..20 {
+        let r = http
+            .get(format!("{}/v2/", proxy.url()))
+            .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+            .send()
+            .await
+            .expect("ping");
+        assert_eq!(r.status(), 200);
+    }
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(
+        proxy
+            .wait_exit(Duration::from_secs(30))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
+}

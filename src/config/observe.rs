@@ -44,7 +44,7 @@ pub struct TracingConfig {
     /// (`http://collector:4318/v1/traces`). Unset: the `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
     /// and `OTEL_EXPORTER_OTLP_ENDPOINT` variables turn export on; neither: no export.
     pub otlp_endpoint: Option<String>,
-    /// Share of new traces recorded (0.0 to 1.0); a client's sampled `traceparent` is followed.
+    /// Share of requests traced (0.0 to 1.0), whatever a client's `traceparent` says.
     #[serde(default = "default_ratio")]
     pub sample_ratio: f64,
     /// `service.name` of the exported spans (`OTEL_SERVICE_NAME` wins).

@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{
+    Link, SamplingResult, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _,
+};
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, ShouldSample};
 
 use crate::config::TracingConfig;
 
@@ -67,9 +70,12 @@ impl Traces {
         let service = env("OTEL_SERVICE_NAME").unwrap_or_else(|| config.service_name.clone());
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
+            .with_sampler(ClientsCannotForce {
+                ratio: Sampler::TraceIdRatioBased(config.sample_ratio),
+                local: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                    config.sample_ratio,
+                ))),
+            })
             .with_resource(Resource::builder().with_service_name(service).build())
             .build();
         let tracer = provider.tracer("stevedore");
@@ -84,6 +90,34 @@ impl Traces {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "sending the last spans failed");
         }
+    }
+}
+
+/// Samples a span whose parent came from a client (`traceparent`) by `sample-ratio` like a
+/// new trace, so that anonymous clients cannot make every request of theirs exported; spans
+/// under stevedore's own spans follow their parent.
+#[derive(Debug, Clone)]
+struct ClientsCannotForce {
+    ratio: Sampler,
+    local: Sampler,
+}
+
+impl ShouldSample for ClientsCannotForce {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let remote = parent.is_some_and(|cx| {
+            let sc = cx.span().span_context().clone();
+            sc.is_valid() && sc.is_remote()
+        });
+        let sampler = if remote { &self.ratio } else { &self.local };
+        sampler.should_sample(parent, trace_id, name, kind, attributes, links)
     }
 }
 
