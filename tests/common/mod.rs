@@ -10,6 +10,8 @@
 //! * [`stevedore`] — stevedore itself, in-process on 127.0.0.1:0.
 //! * [`clients`] — skopeo, containerd/ctr and oci-client pulling through a
 //!   mirror.
+//! * [`k8s`] — the Kubernetes manifests under `deploy/kubernetes/`, rendered by
+//!   `kubectl kustomize` and read back.
 //!
 //! Each integration test binary includes this with `mod common;` and uses a
 //! subset of it, hence the `dead_code` allowance.
@@ -19,6 +21,7 @@ pub mod clients;
 pub mod docker;
 pub mod faults;
 pub mod images;
+pub mod k8s;
 pub mod lab;
 pub mod otlp;
 pub mod pki;
