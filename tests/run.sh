@@ -19,6 +19,17 @@ fi
 # The registry package starts a system service on :5000 on some installs; the tests start
 # their own registries and do not need it.
 systemctl stop docker-registry >/dev/null 2>&1 || true
+# tests/deploy.rs renders deploy/kubernetes with kubectl's kustomize and checks it with
+# kubernetes-validate (which brings PyYAML, used to read the rendered YAML back).
+if ! command -v kubectl >/dev/null; then
+  apt-get update -qq
+  apt-get install -y -qq kubernetes-client
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-pip; }
+  python3 -m pip install -q kubernetes-validate 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages kubernetes-validate
+fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
