@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs every check and test of stevedore on a Debian machine, as root, installing what the
 # tests need: a real registry (distribution), real clients (skopeo, podman, containerd's ctr, a
-# private Docker engine) and the tools the harness uses (htpasswd, openssl, ip for test
-# addresses on lo).
+# private Docker engine, docker-compose) and the tools the harness uses (htpasswd, openssl, ip
+# for test addresses on lo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-need=(docker-registry skopeo containerd podman docker.io ca-certificates apache2-utils openssl tar gzip iproute2)
+need=(docker-registry skopeo containerd podman docker.io docker-compose ca-certificates apache2-utils openssl tar gzip iproute2)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

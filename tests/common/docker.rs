@@ -18,12 +18,18 @@ pub struct DockerEngine {
 impl DockerEngine {
     /// Starts `dockerd` with `mirrors` as its `registry-mirrors`.
     pub fn start(mirrors: &[String]) -> DockerEngine {
+        Self::start_with(mirrors, serde_json::json!({}))
+    }
+
+    /// [`DockerEngine::start`] with more `daemon.json` settings (an object), e.g.
+    /// `host-gateway-ip`: with no default bridge, `host-gateway` has no address otherwise.
+    pub fn start_with(mirrors: &[String], settings: serde_json::Value) -> DockerEngine {
         let dir = tempfile::Builder::new()
             .prefix("dockerd")
             .tempdir()
             .expect("tempdir");
         let root = dir.path();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "data-root": root.join("data"),
             "exec-root": root.join("exec"),
             "pidfile": root.join("dockerd.pid"),
@@ -35,6 +41,9 @@ impl DockerEngine {
             "exec-opts": ["native.cgroupdriver=cgroupfs"],
             "registry-mirrors": mirrors,
         });
+        if let (Some(config), Some(settings)) = (config.as_object_mut(), settings.as_object()) {
+            config.extend(settings.clone());
+        }
         let path = root.join("daemon.json");
         std::fs::write(&path, config.to_string()).expect("daemon.json");
         let log = std::fs::File::create(root.join("dockerd.log")).expect("log");
@@ -79,16 +88,21 @@ impl DockerEngine {
         self.cert_dirs.push(dir);
     }
 
+    /// `program` (`docker`, `docker-compose`, …) set up to talk to this engine: its
+    /// `DOCKER_HOST`, and a client config directory of its own.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.dir.path().join("docker.sock").display()),
+        )
+        .env("DOCKER_CONFIG", self.dir.path().join("client"));
+        cmd
+    }
+
     /// Runs the docker CLI against this engine; stdout on success.
     pub fn docker(&self, args: &[&str]) -> Result<String, BoxError> {
-        let out = Command::new("docker")
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}", self.dir.path().join("docker.sock").display()),
-            )
-            .env("DOCKER_CONFIG", self.dir.path().join("client"))
-            .args(args)
-            .output()?;
+        let out = self.command("docker").args(args).output()?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         } else {

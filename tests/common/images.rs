@@ -320,16 +320,28 @@ pub fn build_image(spec: &ImageSpec, platform: &Platform) -> BuiltImage {
         layers.push(large_layer(base, size, spec.format));
     }
 
+    let config = json!({
+        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
+        "Cmd": ["/usr/local/bin/hello.sh"],
+        "Labels": { "org.example.stevedore.test-seed": spec.seed.to_string() }
+    });
+    assemble_image(platform, spec.format, layers, config)
+}
+
+/// Config blob and manifest over `layers`, with `config` as the image config's `config`
+/// object (`Env`, `Cmd`, …).
+fn assemble_image(
+    platform: &Platform,
+    format: Format,
+    layers: Vec<Layer>,
+    config: serde_json::Value,
+) -> BuiltImage {
     let created = "2024-01-01T00:00:00Z";
     let mut config = json!({
         "created": created,
         "architecture": platform.architecture,
         "os": platform.os,
-        "config": {
-            "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
-            "Cmd": ["/usr/local/bin/hello.sh"],
-            "Labels": { "org.example.stevedore.test-seed": spec.seed.to_string() }
-        },
+        "config": config,
         "rootfs": {
             "type": "layers",
             "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()
@@ -343,27 +355,78 @@ pub fn build_image(spec: &ImageSpec, platform: &Platform) -> BuiltImage {
         config["variant"] = variant.clone().into();
     }
     let config = Blob::new(
-        spec.format.config_type(),
+        format.config_type(),
         serde_json::to_vec(&config).expect("serialize image config"),
     );
 
     let manifest = json!({
         "schemaVersion": 2,
-        "mediaType": spec.format.manifest_type(),
+        "mediaType": format.manifest_type(),
         "config": config.descriptor(),
         "layers": layers.iter().map(|l| l.blob.descriptor()).collect::<Vec<_>>(),
     });
     let manifest = Blob::new(
-        spec.format.manifest_type(),
+        format.manifest_type(),
         serde_json::to_vec_pretty(&manifest).expect("serialize image manifest"),
     );
     BuiltImage {
         platform: platform.clone(),
-        format: spec.format,
+        format,
         config,
         layers,
         manifest,
     }
+}
+
+/// A runnable linux/amd64 image of a program of this host: one layer with `cmd[0]` and the
+/// shared libraries and dynamic loader `ldd` names for it, at their host paths (symlinks
+/// followed), and `cmd` as the image's command. `host_program_image(&["/bin/sleep",
+/// "infinity"])` is a container that stays up until it is stopped.
+pub fn host_program_image(cmd: &[&str]) -> BuiltImage {
+    let program = cmd.first().expect("a command");
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .expect("run ldd");
+    assert!(out.status.success(), "ldd {program} failed");
+    let ldd = String::from_utf8_lossy(&out.stdout);
+    // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" and "/lib64/ld-linux-x86-64.so.2 (0x…)".
+    let libs = ldd.lines().filter_map(|line| {
+        let mut words = line.split_whitespace();
+        let first = words.next()?;
+        match words.next() {
+            Some("=>") => words.next().filter(|p| p.starts_with('/')),
+            _ => Some(first).filter(|p| p.starts_with('/')),
+        }
+    });
+    let mut files = BTreeMap::new();
+    for path in std::iter::once(*program).chain(libs) {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        files.insert(path.trim_start_matches('/').to_owned(), bytes);
+    }
+    let dirs: std::collections::BTreeSet<String> = files
+        .keys()
+        .flat_map(|path| {
+            let parts: Vec<&str> = path.split('/').collect();
+            (1..parts.len())
+                .map(|n| format!("{}/", parts[..n].join("/")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut entries: Vec<(&str, u32, Option<&[u8]>)> =
+        dirs.iter().map(|d| (d.as_str(), 0o755, None)).collect();
+    entries.extend(
+        files
+            .iter()
+            .map(|(path, bytes)| (path.as_str(), 0o755, Some(bytes.as_slice()))),
+    );
+    let layer = layer_from_tar(
+        tar_archive(&entries),
+        Format::Oci,
+        flate2::Compression::default(),
+    );
+    let config = json!({ "Env": ["PATH=/usr/bin:/bin"], "Cmd": cmd });
+    assemble_image(&Platform::linux_amd64(), Format::Oci, vec![layer], config)
 }
 
 /// An OCI image index (or Docker manifest list) over `images`.
