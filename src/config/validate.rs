@@ -302,9 +302,11 @@ fn check_endpoint(url: &Url, allow_private: bool) -> Result<(), String> {
     let Some(host) = url.host() else {
         return Err(format!("{url}: no host"));
     };
-    if url.query().is_some() || url.fragment().is_some() || !matches!(url.path(), "" | "/") {
+    if crate::upstream::endpoint_names_registry(url).is_none() {
         return Err(format!(
-            "{url}: give only scheme://host[:port]; stevedore adds /v2/ itself"
+            "{url}: give scheme://host[:port] (stevedore adds /v2/ itself), or another \
+             stevedore with the registry: scheme://host[:port]/v2/<registry> or \
+             scheme://host[:port]/?ns=<registry>"
         ));
     }
     let ip = match host {
@@ -421,7 +423,7 @@ mod tests {
             "t.toml: registries.\"Bad Host\": invalid registry host",
             "registries.\"r.example\".endpoints[0]: ftp://r.example/: scheme must be http or https",
             "registries.\"r.example\".endpoints[1]: http://127.0.0.1:5000/ is a loopback",
-            "registries.\"r.example\".endpoints[2]: https://r.example/v2/: give only",
+            "registries.\"r.example\".endpoints[2]: https://r.example/v2/: give scheme://host[:port] (stevedore adds /v2/ itself)",
             "registries.\"r.example\".ca-certs[0]: cannot read /nonexistent.pem",
             "registries.\"r.example\".password: needs a username",
             "registries.\"r.example\".registrytoken: environment variable STEVEDORE_TEST_UNSET_VARIABLE is not set",

@@ -36,7 +36,62 @@ pub struct UpstreamRequest {
 /// A base URL and the challenge it answered with last.
 struct Endpoint {
     base: Url,
+    /// Another stevedore (or any mirror that routes the same way) named with its registry:
+    /// `…/v2/<registry>` puts the registry in front of every repository path, `?ns=<registry>`
+    /// adds it to every query.
+    via: Via,
     challenge: RwLock<Option<Challenge>>,
+}
+
+/// How an endpoint is told which registry is meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Via {
+    /// The endpoint is the registry.
+    Direct,
+    /// `http://regional:5000/v2/registry.example`
+    PathPrefix(String),
+    /// `http://regional:5000/?ns=registry.example`
+    Namespace(String),
+}
+
+impl Via {
+    /// Splits a configured endpoint into its base (`scheme://host[:port]/`) and the way it
+    /// names the registry; `None` for any other path or query.
+    pub(super) fn split(url: &Url) -> Option<(Url, Via)> {
+        let mut base = url.clone();
+        base.set_path("/");
+        base.set_query(None);
+        base.set_fragment(None);
+        let path = url.path().trim_end_matches('/');
+        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let via = match (path, query.as_slice()) {
+            ("", []) => Via::Direct,
+            (p, []) => {
+                let registry = p.strip_prefix("/v2/")?;
+                crate::reference::RegistryHost::parse(registry).ok()?;
+                if registry.contains('/') {
+                    return None;
+                }
+                Via::PathPrefix(registry.to_owned())
+            }
+            ("", [(k, v)]) if k == "ns" => {
+                crate::reference::RegistryHost::parse(v).ok()?;
+                Via::Namespace(v.clone())
+            }
+            _ => return None,
+        };
+        (url.fragment().is_none()).then_some((base, via))
+    }
+
+    /// The path to ask the endpoint for: `/v2/<repository>/…` gets the registry in front.
+    fn path(&self, path: &str) -> String {
+        match (self, path.strip_prefix("/v2/")) {
+            (Via::PathPrefix(registry), Some(rest)) if !rest.is_empty() => {
+                format!("/v2/{registry}/{rest}")
+            }
+            _ => path.to_owned(),
+        }
+    }
 }
 
 impl Endpoint {
@@ -103,9 +158,13 @@ impl Upstream {
             registry,
             endpoints: endpoints
                 .into_iter()
-                .map(|base| Endpoint {
-                    base,
-                    challenge: RwLock::new(None),
+                .map(|url| {
+                    let (base, via) = Via::split(&url).unwrap_or((url, Via::Direct));
+                    Endpoint {
+                        base,
+                        via,
+                        challenge: RwLock::new(None),
+                    }
                 })
                 .collect(),
             http,
@@ -382,13 +441,17 @@ impl Upstream {
         req: &UpstreamRequest,
         mut authorization: Option<HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let path = ep.via.path(&req.path);
         let mut url = ep
             .base
-            .join(&req.path)
-            .map_err(|e| self.protocol(format!("bad path {}: {e}", req.path)))?;
+            .join(&path)
+            .map_err(|e| self.protocol(format!("bad path {path}: {e}")))?;
         if !req.query.is_empty() {
             url.query_pairs_mut()
                 .extend_pairs(req.query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        if let Via::Namespace(registry) = &ep.via {
+            url.query_pairs_mut().append_pair("ns", registry);
         }
         for _ in 0..=MAX_REDIRECTS {
             self.check_url(&url)?;
@@ -504,4 +567,52 @@ fn sensitive(value: String) -> Result<HeaderValue, UpstreamError> {
     })?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+#[cfg(test)]
+mod via_tests {
+    use super::*;
+
+    fn split(u: &str) -> Option<(String, Via)> {
+        Via::split(&Url::parse(u).unwrap()).map(|(b, v)| (b.to_string(), v))
+    }
+
+    #[test]
+    fn endpoints_name_their_registry_by_prefix_or_namespace() {
+        assert_eq!(
+            split("https://r.example"),
+            Some(("https://r.example/".to_owned(), Via::Direct))
+        );
+        assert_eq!(
+            split("http://regional:5000/v2/registry.example:5000/"),
+            Some((
+                "http://regional:5000/".to_owned(),
+                Via::PathPrefix("registry.example:5000".to_owned())
+            ))
+        );
+        assert_eq!(
+            split("http://regional:5000/?ns=docker.io"),
+            Some((
+                "http://regional:5000/".to_owned(),
+                Via::Namespace("docker.io".to_owned())
+            ))
+        );
+        for bad in [
+            "http://regional/v2/",
+            "http://regional/v2/a/b",
+            "http://regional/other/r.example",
+            "http://regional/?ns=bad host",
+            "http://regional/?x=1",
+            "http://regional/?ns=a&ns=b",
+            "http://regional/v2/r.example?ns=r.example",
+        ] {
+            assert_eq!(split(bad), None, "{bad}");
+        }
+        let via = Via::PathPrefix("r.example".to_owned());
+        assert_eq!(via.path("/v2/"), "/v2/");
+        assert_eq!(
+            via.path("/v2/team/app/blobs/sha256:ab"),
+            "/v2/r.example/team/app/blobs/sha256:ab"
+        );
+    }
 }

@@ -241,6 +241,12 @@ impl Table {
     }
 }
 
+/// Whether `url` is a usable endpoint: a registry's base URL, or another stevedore naming the
+/// registry by path prefix or `?ns=`. Some(true) when it names one.
+pub fn endpoint_names_registry(url: &Url) -> Option<bool> {
+    client::Via::split(url).map(|(_, via)| via != client::Via::Direct)
+}
+
 /// A registry's endpoints: as configured, else `https://<host>` (Docker Hub's API host for
 /// docker.io).
 fn endpoints(host: &RegistryHost, reg: &RegistryConfig) -> Vec<Url> {
