@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-need=(docker-registry skopeo containerd podman docker.io docker-compose ca-certificates apache2-utils openssl tar gzip iproute2)
+need=(docker-registry skopeo containerd podman docker.io docker-compose binutils ca-certificates apache2-utils openssl tar gzip iproute2)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
