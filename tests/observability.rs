@@ -328,3 +328,41 @@ async fn a_clients_sampled_traceparent_cannot_force_export() {
     );
     assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standard_otlp_variables_turn_export_on() {
+    let receiver = Receiver::start().await;
+    // No [tracing] section: OTEL_EXPORTER_OTLP_ENDPOINT (a base URL) and OTEL_SERVICE_NAME.
+    let mut proxy = Process::start(
+        "",
+        "",
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://{}", receiver.addr),
+            ),
+            ("OTEL_SERVICE_NAME", "edge-cache"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let r = client()
+        .get(format!("{}/v2/", proxy.url()))
+        .send()
+        .await
+        .expect("ping");
+    assert_eq!(r.status(), 200);
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(
+        proxy
+            .wait_exit(Duration::from_secs(30))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().any(|s| s.name == "request"
+            && s.service == "edge-cache"
+            && s.attr("path") == Some("/v2/")),
+        "{spans:?}"
+    );
+}
