@@ -316,7 +316,7 @@ async fn handle(
         headers.insert(REQUEST_ID_HEADER, id);
     }
     let status = resp.status().as_u16();
-    span.record("http.response.status_code", status);
+    request::record_status(&span, status);
     state.telemetry.requests.add(
         1,
         &[

@@ -175,7 +175,7 @@ impl Store {
     /// A stored manifest: from memory, else read from disk when it is a manifest (stored with
     /// a media type) of at most `limit` bytes. Content stored as a blob is never read whole
     /// here, however it is asked for.
-    #[tracing::instrument(name = "store.read", level = "info", skip_all, fields(%digest, kind = "manifest"))]
+    #[tracing::instrument(name = "store.read", level = "debug", skip_all, fields(%digest, kind = "manifest"))]
     pub async fn manifest(
         self: &Arc<Self>,
         digest: &Digest,
@@ -245,7 +245,7 @@ impl Store {
     }
 
     /// Opens committed content, pinned against eviction until it is streamed and dropped.
-    #[tracing::instrument(name = "store.read", level = "info", skip_all, fields(%digest, kind = "blob"))]
+    #[tracing::instrument(name = "store.read", level = "debug", skip_all, fields(%digest, kind = "blob"))]
     pub async fn open_blob(self: &Arc<Self>, digest: &Digest) -> io::Result<Option<Stored>> {
         let d = digest.clone();
         let Some((file, size)) = self

@@ -1,7 +1,7 @@
 //! Log output: text or JSON lines on stderr, filtered by `[log] level` unless `RUST_LOG` is
 //! set; spans (the request's id above all) are on every line. The filter can be swapped
 //! while running (config reload). Span export, when on, sees every span at info and above
-//! whatever the log level.
+//! (stevedore's own from debug) whatever the log level.
 
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing_subscriber::filter::LevelFilter;
@@ -56,7 +56,12 @@ pub fn init_server(config: &LogConfig, tracer: Option<SdkTracer>) -> LogControl 
                 .with_tracer(tracer)
                 .with_location(false)
                 .with_threads(false)
-                .with_filter(LevelFilter::INFO)
+                // stevedore's debug spans (store reads) are exported; nobody else's.
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_default(LevelFilter::INFO)
+                        .with_target("stevedore", LevelFilter::DEBUG),
+                )
                 .boxed(),
         );
     }

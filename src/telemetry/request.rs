@@ -84,15 +84,12 @@ pub fn set_cache(outcome: &'static str) {
 /// The span of one client request. With traces on, a client's W3C `traceparent` (and
 /// `tracestate`) makes it the parent.
 pub fn span(ctx: &RequestContext, method: &http::Method, path: &str, headers: &HeaderMap) -> Span {
-    let span = tracing::info_span!(
-        "request",
-        request_id = %ctx.id,
-        method = %method,
-        path,
-        otel.kind = "server",
-        http.response.status_code = tracing::field::Empty,
-    );
+    // Only the id is a field (it is on every log line); what only spans need is set as
+    // attributes, and only when spans are exported: logging pays for nothing else.
+    let span = tracing::info_span!("request", request_id = %ctx.id);
     if super::traces::enabled() {
+        span.set_attribute("http.request.method", method.to_string());
+        span.set_attribute("url.path", path.to_owned());
         let parent =
             TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
         if parent.span().span_context().is_valid() {
@@ -100,6 +97,13 @@ pub fn span(ctx: &RequestContext, method: &http::Method, path: &str, headers: &H
         }
     }
     span
+}
+
+/// Records the answer's status on a request span (exported spans only).
+pub fn record_status(span: &Span, status: u16) {
+    if super::traces::enabled() {
+        span.set_attribute("http.response.status_code", i64::from(status));
+    }
 }
 
 /// Links `span` (a fill, say) to the request running now, which joined it.
