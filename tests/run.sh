@@ -31,6 +31,12 @@ if ! command -v kubernetes-validate >/dev/null; then
     python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
 
+# tests/shared_store.rs runs a Garage cluster (the S3 store of replicas); built once, skipped
+# when present.
+if ! command -v garage >/dev/null; then
+  cargo install --locked garage
+fi
+
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -6,6 +6,7 @@ pub mod contrast;
 mod model;
 mod observe;
 pub mod policy;
+mod remote;
 mod secret_source;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::path::Path;
 
 pub use model::*;
 pub use observe::{LogConfig, LogFormat, TracingConfig};
+pub use remote::{S3Config, StoreKind};
 pub use secret_source::{SecretError, SecretSource};
 pub use validate::realm_host;
 
@@ -123,6 +125,11 @@ impl Config {
         let mut problems = validate::check(&config);
         problems.extend(policy::problems(config.policy.as_ref()));
         problems.extend(observe::problems(&config.log, &config.tracing));
+        problems.extend(remote::problems(
+            config.store.kind,
+            config.store.s3.as_ref(),
+            config.store.path.as_deref(),
+        ));
         for (i, path) in config.credentials.contrast.iter().enumerate() {
             if let Err(e) = contrast::read(path) {
                 problems.push(Problem {

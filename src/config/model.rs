@@ -412,6 +412,11 @@ pub struct StoreConfig {
     /// streamed from upstream, verified, without being kept); cached content is still served.
     #[serde(default = "default_min_free_space")]
     pub min_free_space: ByteSize,
+    /// `disk` (default) or `s3`: see `[store.s3]`.
+    #[serde(default, rename = "type")]
+    pub kind: super::StoreKind,
+    /// The bucket of `type = "s3"`.
+    pub s3: Option<super::S3Config>,
 }
 
 impl Default for StoreConfig {
@@ -425,6 +430,8 @@ impl Default for StoreConfig {
             fill_retries: default_fill_retries(),
             max_concurrent_fills: default_max_concurrent_fills(),
             min_free_space: default_min_free_space(),
+            kind: super::StoreKind::default(),
+            s3: None,
         }
     }
 }

@@ -184,14 +184,30 @@ impl PullService {
             permit.publish(failed(&e));
             return Err(e);
         };
-        let source = match fill_source(upstream.clone(), route, digest).await {
-            Ok(source) => source,
-            Err(e) => {
-                permit.publish(failed(&e));
-                return Err(e);
+        // Another replica may have put it in the shared bucket: filled from there, verified
+        // again, if this repository may see it.
+        let shared = match store.shared_blob(digest).await {
+            Some(source) => {
+                let may = self
+                    .may_serve_stored(store, upstream, route, digest)
+                    .await?;
+                may.then_some(source)
             }
+            None => None,
         };
-        self.telemetry.cache("blob", "miss");
+        let from_bucket = shared.is_some();
+        let source = match shared {
+            Some(source) => source,
+            None => match fill_source(upstream.clone(), route, digest).await {
+                Ok(source) => source,
+                Err(e) => {
+                    permit.publish(failed(&e));
+                    return Err(e);
+                }
+            },
+        };
+        self.telemetry
+            .cache("blob", if from_bucket { "shared" } else { "miss" });
         if let Err(reason) = store.may_keep(source.total) {
             permit.publish(FillOutcome::NotStored);
             drop(permit);
@@ -218,10 +234,12 @@ impl PullService {
             }
         };
         permit.publish(FillOutcome::Running(fill.clone()));
-        // The upstream is sending this repository the blob: it holds it.
-        store
-            .add_members(&route.registry, &route.repository, vec![digest.clone()])
-            .await?;
+        if !from_bucket {
+            // The upstream is sending this repository the blob: it holds it.
+            store
+                .add_members(&route.registry, &route.repository, vec![digest.clone()])
+                .await?;
+        }
         let running = fill.clone();
         tokio::spawn(async move {
             running.finished().await;
@@ -348,5 +366,6 @@ async fn fill_source(
         total,
         body,
         resume,
+        from_bucket: false,
     })
 }

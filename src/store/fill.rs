@@ -40,6 +40,8 @@ pub struct FillSource {
     pub total: Option<u64>,
     pub body: ByteStream,
     pub resume: Resume,
+    /// The bytes come from the shared bucket (so they are not uploaded back to it).
+    pub from_bucket: bool,
 }
 
 /// One of `store.max-concurrent-fills`: held by a fill (or a stream passed through without
@@ -147,6 +149,7 @@ impl Store {
         source: FillSource,
     ) -> io::Result<Arc<Fill>> {
         let reservation = self.lru.reserve(source.total.unwrap_or(0));
+        let from_bucket = source.from_bucket;
         let victims = self.lru.take_victims(self.config.max_size.0);
         let d = digest.clone();
         let temp = self
@@ -196,6 +199,10 @@ impl Store {
                 match outcome {
                     Ok(size) => {
                         tracing::info!(bytes = size, "fill committed");
+                        if let Some(remote) = store.remote.clone().filter(|_| !from_bucket) {
+                            let (d, path) = (digest.clone(), store.layout.path(&digest));
+                            tokio::spawn(async move { remote.upload(&d, path, None).await });
+                        }
                         store.lru.insert(&digest, size);
                         drop(reservation);
                         let victims = store.lru.take_victims(store.config.max_size.0);
@@ -205,6 +212,14 @@ impl Store {
                     }
                     Err(failure) => {
                         tracing::warn!(%digest, reason = %failure, "fill failed");
+                        // Bad bytes in the shared bucket are removed, so that the next
+                        // request fetches the blob from upstream instead.
+                        if let (true, FillFailure::Corrupt(_), Some(remote)) =
+                            (from_bucket, &failure, store.remote.clone())
+                        {
+                            let d = digest.clone();
+                            tokio::spawn(async move { remote.remove_blob(&d).await });
+                        }
                         tx.send_modify(|p| p.state = FillState::Failed(failure));
                     }
                 }
@@ -247,6 +262,7 @@ async fn pump(
         total,
         mut body,
         resume,
+        ..
     } = source;
     let mut received: u64 = 0;
     let mut skip: u64 = 0;

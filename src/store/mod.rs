@@ -12,6 +12,7 @@ mod fill;
 mod index;
 pub mod maintenance;
 mod reader;
+mod remote;
 mod space;
 
 use std::io;
@@ -90,6 +91,8 @@ pub struct Store {
     /// Cancelled when the process shuts down: fills still running then are aborted, their
     /// temp files removed.
     stopping: tokio_util::sync::CancellationToken,
+    /// The shared bucket behind the local tier (`type = "s3"`).
+    remote: Option<Arc<remote::Remote>>,
 }
 
 impl Drop for Store {
@@ -104,6 +107,12 @@ impl Store {
     pub fn open(config: &StoreConfig) -> io::Result<Option<Arc<Store>>> {
         let Some(path) = &config.path else {
             return Ok(None);
+        };
+        let remote = match (&config.kind, &config.s3) {
+            (crate::config::StoreKind::S3, Some(s3)) => Some(Arc::new(
+                remote::Remote::from_config(s3).map_err(io::Error::other)?,
+            )),
+            _ => None,
         };
         let layout = DiskLayout::open(path)?;
         let index = Index::open(path)?;
@@ -127,6 +136,7 @@ impl Store {
             config: config.clone(),
             stats: StoreStats::default(),
             stopping: tokio_util::sync::CancellationToken::new(),
+            remote,
         });
         store.remove_victims(store.lru.take_victims(config.max_size.0));
         store.evict_on_release();
@@ -167,9 +177,17 @@ impl Store {
             return true;
         }
         let d = digest.clone();
-        self.blocking(move |s| Ok(s.layout.size(&d).is_some()))
+        if self
+            .blocking(move |s| Ok(s.layout.size(&d).is_some()))
             .await
             .unwrap_or(false)
+        {
+            return true;
+        }
+        match &self.remote {
+            Some(remote) => remote.contains(digest).await,
+            None => false,
+        }
     }
 
     /// A stored manifest: from memory, else read from disk when it is a manifest (stored with
@@ -190,8 +208,27 @@ impl Store {
         if let Some(m) = &found {
             self.lru.touch(digest);
             self.manifests.insert(digest.clone(), m.clone());
+            return Ok(found);
         }
-        Ok(found)
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        // Another replica may have stored it: verified again before it is kept or served.
+        let Some((bytes, media_type)) = remote.manifest(digest, limit).await else {
+            return Ok(None);
+        };
+        let mut hasher = digest.algorithm().hasher();
+        hasher.update(&bytes);
+        if hasher.finish() != *digest {
+            tracing::warn!(%digest, "S3 tier: a stored manifest does not match its digest; ignored");
+            return Ok(None);
+        }
+        self.keep_manifest(digest, bytes.clone(), media_type.clone())
+            .await?;
+        Ok(Some(StoredManifest {
+            bytes,
+            media_type: Some(media_type),
+        }))
     }
 
     fn read_manifest(&self, digest: &Digest, limit: u64) -> io::Result<Option<StoredManifest>> {
@@ -219,6 +256,25 @@ impl Store {
     /// Stores a verified manifest with its media type; false when it was not kept (the
     /// store is below its free-space watermark).
     pub async fn put_manifest(
+        self: &Arc<Self>,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: String,
+    ) -> io::Result<bool> {
+        if let Some(remote) = &self.remote {
+            let (remote, d, b, t) = (
+                remote.clone(),
+                digest.clone(),
+                bytes.clone(),
+                media_type.clone(),
+            );
+            tokio::spawn(async move { remote.put_manifest(&d, b, &t).await });
+        }
+        self.keep_manifest(digest, bytes, media_type).await
+    }
+
+    /// Stores a verified manifest in the local tier.
+    async fn keep_manifest(
         self: &Arc<Self>,
         digest: &Digest,
         bytes: Bytes,
@@ -267,6 +323,11 @@ impl Store {
         }))
     }
 
+    /// `digest` from the shared bucket as a fill source, if there is a bucket and it holds it.
+    pub async fn shared_blob(&self, digest: &Digest) -> Option<FillSource> {
+        self.remote.as_ref()?.blob_source(digest).await
+    }
+
     /// A pin for readers of a fill: it protects the blob from the moment it commits.
     pub fn pin(&self, digest: &Digest) -> Guard {
         Box::new(self.lru.pin(digest))
@@ -283,9 +344,22 @@ impl Store {
             return known;
         }
         let (r, p, d) = (registry.clone(), repo.clone(), digest.clone());
-        self.blocking(move |s| Ok(s.index.is_member(&r, &p, &d)))
+        if self
+            .blocking(move |s| Ok(s.index.is_member(&r, &p, &d)))
             .await
             .unwrap_or(false)
+        {
+            return true;
+        }
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        if !remote.is_member(registry, repo, digest).await {
+            return false;
+        }
+        let (r, p, d) = (registry.clone(), repo.clone(), digest.clone());
+        let _ = self.blocking(move |s| s.index.add_member(&r, &p, &d)).await;
+        true
     }
 
     /// Records that `repo` of `registry` contains each of `digests`.
@@ -301,6 +375,11 @@ impl Store {
             .collect();
         if missing.is_empty() {
             return Ok(());
+        }
+        if let Some(remote) = &self.remote {
+            // Recorded in the bucket before it is relied on here, so that a replica that
+            // serves from the bucket never knows more than the bucket does.
+            remote.add_members(registry, repo, &missing).await;
         }
         let (r, p) = (registry.clone(), repo.clone());
         self.blocking(move |s| {
@@ -326,10 +405,21 @@ impl Store {
             tag.to_owned(),
             accept_key.to_owned(),
         );
-        self.blocking(move |s| Ok(s.index.get_tag(&r, &p, &t, &k)))
+        let local = self
+            .blocking(move |s| Ok(s.index.get_tag(&r, &p, &t, &k)))
             .await
             .ok()
-            .flatten()
+            .flatten();
+        let Some(remote) = &self.remote else {
+            return local;
+        };
+        // The bucket's record is newer when another replica confirmed the tag since.
+        let shared = remote.tag(registry, repo, tag, accept_key).await;
+        match (local, shared) {
+            (Some(l), Some(s)) if s.checked_at > l.checked_at => Some(s),
+            (Some(l), _) => Some(l),
+            (None, s) => s,
+        }
     }
 
     /// Writes a tag record (skipped below the free-space watermark).
@@ -341,6 +431,11 @@ impl Store {
         accept_key: &str,
         record: TagRecord,
     ) -> io::Result<()> {
+        if let Some(remote) = &self.remote {
+            remote
+                .put_tag(registry, repo, tag, accept_key, &record)
+                .await;
+        }
         if self.space.is_low(0) {
             return Ok(());
         }

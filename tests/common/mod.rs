@@ -20,6 +20,7 @@
 pub mod clients;
 pub mod docker;
 pub mod faults;
+pub mod garage;
 pub mod images;
 pub mod k8s;
 pub mod lab;
