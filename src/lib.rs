@@ -9,6 +9,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod peers;
 pub mod policy;
 pub mod pull;
 pub mod reference;

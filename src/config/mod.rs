@@ -5,6 +5,7 @@
 pub mod contrast;
 mod model;
 mod observe;
+mod peers;
 pub mod policy;
 mod remote;
 mod secret_source;
@@ -15,6 +16,7 @@ use std::path::Path;
 
 pub use model::*;
 pub use observe::{LogConfig, LogFormat, TracingConfig};
+pub use peers::PeersConfig;
 pub use remote::{S3Config, StoreKind};
 pub use secret_source::{SecretError, SecretSource};
 pub use validate::realm_host;
@@ -125,6 +127,7 @@ impl Config {
         let mut problems = validate::check(&config);
         problems.extend(policy::problems(config.policy.as_ref()));
         problems.extend(observe::problems(&config.log, &config.tracing));
+        problems.extend(peers::problems(config.peers.as_ref()));
         problems.extend(remote::problems(
             config.store.kind,
             config.store.s3.as_ref(),

@@ -36,6 +36,8 @@ pub struct Config {
     pub tracing: super::TracingConfig,
     /// Who may pull what; without it every client may pull from every configured registry.
     pub policy: Option<super::policy::PolicyConfig>,
+    /// The other replicas sharing the work of fetching (see `[peers]`).
+    pub peers: Option<super::PeersConfig>,
     /// Upstream registries by host name as clients spell it (`docker.io`, `ghcr.io`,
     /// `registry.example:5000`).
     #[serde(default)]

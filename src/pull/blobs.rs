@@ -50,6 +50,7 @@ impl PullService {
         route: &Route,
         digest: &Digest,
         range: Option<ByteRange>,
+        ask_peers: bool,
     ) -> Result<BlobReply, PullError> {
         let upstream = self.upstreams.get(&route.registry)?;
         if let Some(stored) = store.open_blob(digest).await? {
@@ -72,7 +73,7 @@ impl PullService {
             let outcome = match self.fills.join(digest) {
                 Role::Lead(permit) => {
                     return self
-                        .lead_fill(store, &upstream, route, digest, range, permit)
+                        .lead_fill(store, &upstream, route, digest, range, permit, ask_peers)
                         .await;
                 }
                 Role::Wait(waiter) => waiter.wait(self.wait_timeout).await,
@@ -157,6 +158,7 @@ impl PullService {
 
     /// Leads the flight of a missing blob: asks the upstream, then fills, streams without
     /// storing, or shares the upstream's refusal.
+    #[allow(clippy::too_many_arguments)]
     async fn lead_fill(
         &self,
         store: &Arc<Store>,
@@ -165,6 +167,7 @@ impl PullService {
         digest: &Digest,
         range: Option<ByteRange>,
         permit: Permit<Digest, FillOutcome>,
+        ask_peers: bool,
     ) -> Result<BlobReply, PullError> {
         // A fill may have committed between the miss and taking the lead.
         if let Some(stored) = store.open_blob(digest).await? {
@@ -196,7 +199,21 @@ impl PullService {
             None => None,
         };
         let from_bucket = shared.is_some();
-        let source = match shared {
+        // Else the digest's owner among the replicas fills it for all of them.
+        let from_peer = match (&shared, &self.peers) {
+            (None, Some(peers)) if ask_peers => {
+                let owners = peers.owners(digest);
+                if owners.is_empty() {
+                    None
+                } else {
+                    let fallback = upstream_resume(upstream.clone(), route, digest);
+                    peers.source(owners, route, digest, fallback).await
+                }
+            }
+            _ => None,
+        };
+        let peer_fill = from_peer.is_some();
+        let source = match shared.or(from_peer) {
             Some(source) => source,
             None => match fill_source(upstream.clone(), route, digest).await {
                 Ok(source) => source,
@@ -206,8 +223,14 @@ impl PullService {
                 }
             },
         };
-        self.telemetry
-            .cache("blob", if from_bucket { "shared" } else { "miss" });
+        self.telemetry.cache(
+            "blob",
+            match (from_bucket, peer_fill) {
+                (true, _) => "shared",
+                (_, true) => "peer",
+                _ => "miss",
+            },
+        );
         if let Err(reason) = store.may_keep(source.total) {
             permit.publish(FillOutcome::NotStored);
             drop(permit);
@@ -342,8 +365,22 @@ async fn fill_source(
     let total = resp.content_length().or_else(|| {
         header_str(resp.headers(), CONTENT_LENGTH.as_str()).and_then(|l| l.parse().ok())
     });
-    let body = upstream_bytes(resp);
-    let resume: Resume = Box::new(move |offset| {
+    Ok(FillSource {
+        total,
+        body: upstream_bytes(resp),
+        resume: upstream_resume(upstream, &route, digest),
+        from_bucket: false,
+    })
+}
+
+/// Resumes a fill from the upstream with a ranged GET.
+fn upstream_resume(upstream: Arc<Upstream>, route: &Route, digest: &Digest) -> Resume {
+    let route = Route {
+        head: false,
+        kind: RouteKind::Blob(digest.clone()),
+        ..route.clone()
+    };
+    Box::new(move |offset| {
         let upstream = upstream.clone();
         let req = UpstreamRequest {
             method: Method::GET,
@@ -361,11 +398,5 @@ async fn fill_source(
                 other => Err(format!("upstream answered {other} to a resume")),
             }
         })
-    });
-    Ok(FillSource {
-        total,
-        body,
-        resume,
-        from_bucket: false,
     })
 }

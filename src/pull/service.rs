@@ -82,6 +82,8 @@ pub struct PullService {
     /// How long a request waits for another's upstream answer.
     pub(super) wait_timeout: Duration,
     pub(super) telemetry: Arc<Telemetry>,
+    /// The other replicas, when blobs are shared out among them.
+    pub(super) peers: Option<Arc<crate::peers::Peers>>,
 }
 
 impl PullService {
@@ -108,7 +110,18 @@ impl PullService {
             // the request itself); waiters give it that long and some more.
             wait_timeout: (upstream.connect_timeout + upstream.read_timeout) * 3,
             telemetry,
+            peers: None,
         }
+    }
+
+    /// Shares blob fetches out among `peers`.
+    pub fn with_peers(mut self, peers: Option<Arc<crate::peers::Peers>>) -> Self {
+        self.peers = peers;
+        self
+    }
+
+    pub fn peers(&self) -> Option<&Arc<crate::peers::Peers>> {
+        self.peers.as_ref()
     }
 
     pub fn store(&self) -> Option<&Arc<Store>> {
@@ -145,7 +158,21 @@ impl PullService {
         range: Option<ByteRange>,
     ) -> Result<BlobReply, PullError> {
         match &self.store {
-            Some(store) => self.blob_cached(store, route, digest, range).await,
+            Some(store) => self.blob_cached(store, route, digest, range, true).await,
+            None => self.blob_upstream(route, digest, range).await,
+        }
+    }
+
+    /// A blob asked for by another replica (which owns nothing here): served or filled by
+    /// this replica itself, never passed on to a third.
+    pub async fn blob_for_peer(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobReply, PullError> {
+        match &self.store {
+            Some(store) => self.blob_cached(store, route, digest, range, false).await,
             None => self.blob_upstream(route, digest, range).await,
         }
     }

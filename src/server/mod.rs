@@ -11,6 +11,7 @@ mod lifecycle;
 mod metrics;
 pub mod mirror;
 mod pacing;
+mod peer;
 mod proxy;
 mod ratelimit;
 pub mod reload;
@@ -402,6 +403,16 @@ async fn front(
         None => None,
     };
     let live = state.live();
+    // Another replica (it presents the shared secret); anyone else on that path is an
+    // ordinary client with a path that is not the API.
+    if authority.is_none() && peer::admitted(state, req) {
+        request::set_route("peer");
+        let pacer = Pacer {
+            memory: state.streams.clone(),
+            socket: (req.version() < Version::HTTP_2).then_some(conn.socket),
+        };
+        return peer::handle(state, &live, req, &pacer).await;
+    }
     let caller = access::identify(
         live.policy.as_ref(),
         conn.peer.ip(),

@@ -110,6 +110,14 @@ pub fn connected() -> Response<Body> {
 }
 
 /// `GET /v2/`: stevedore accepts anonymous clients, so this is always 200.
+/// A plain-text answer.
+pub fn text(body: Bytes) -> Response<Body> {
+    finish(
+        builder(StatusCode::OK).header(CONTENT_TYPE, "text/plain; charset=utf-8"),
+        full(body),
+    )
+}
+
 pub fn ping() -> Response<Body> {
     finish(
         builder(StatusCode::OK).header(CONTENT_TYPE, "application/json"),

@@ -136,10 +136,21 @@ impl AppState {
         }
         let limits = config.limits.clone();
         warn_if_open(config);
+        let peers = match (&config.peers, tokio::runtime::Handle::try_current()) {
+            (Some(p), Ok(_)) => Some(crate::peers::Peers::start(p).map_err(StartError::Config)?),
+            _ => None,
+        };
+        if let Some(p) = &peers {
+            let p = Arc::downgrade(p);
+            telemetry.observe_gauge(crate::telemetry::names::PEERS, move || {
+                p.upgrade().map_or(0, |p| p.members().len() as u64)
+            });
+        }
         let own_registries = Arc::new(RwLock::new(config.registries.clone()));
         watch_contrast_files(config, &own_registries, &upstreams, &credentials);
         let state = Arc::new(Self {
-            pull: PullService::new(upstreams, &config.upstream, store, telemetry.clone()),
+            pull: PullService::new(upstreams, &config.upstream, store, telemetry.clone())
+                .with_peers(peers),
             telemetry,
             admission: Admission::new(&limits),
             streams: StreamMemory::new(limits.stream_buffer.0 as usize),

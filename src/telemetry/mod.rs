@@ -68,6 +68,8 @@ pub mod names {
     pub const FILLS_IN_FLIGHT: &str = "stevedore.fills.in_flight";
     /// Blobs in the store.
     pub const STORE_ENTRIES: &str = "stevedore.store.entries";
+    /// Replicas that answer (this one included), with `[peers]`.
+    pub const PEERS: &str = "stevedore.peers";
     /// Config reloads; label `result` (`ok`, `rejected`).
     pub const CONFIG_RELOADS: &str = "stevedore.config.reloads";
 }

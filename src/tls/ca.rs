@@ -358,6 +358,9 @@ mod tests {
 
     #[test]
     fn leaves_verify_against_the_ca_and_are_not_cas() {
+        // Two providers are compiled in (the S3 client brings ring): pick stevedore's, as
+        // `main` does.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::load(
             &config(dir.path()),

@@ -25,6 +25,17 @@ impl Process {
     /// [`Process::start`] listening on `ip` (`0.0.0.0` for every address).
     pub fn start_on(ip: &str, server_extra: &str, config: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
+        Self::start_at(ip, port, server_extra, config, env)
+    }
+
+    /// [`Process::start_on`] with a port chosen by the caller (replicas that list each other).
+    pub fn start_at(
+        ip: &str,
+        port: u16,
+        server_extra: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("stevedore.toml");
         let mut text = format!("[server]\nlisten = \"{ip}:{port}\"\n{server_extra}\n{config}");
@@ -100,6 +111,11 @@ impl Process {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// Waits up to `limit` for `needle` in the log.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        wait_until(limit, || self.log().contains(needle).then_some(())).is_some()
     }
 
     /// Sends a signal (`libc::SIGTERM`, …).
