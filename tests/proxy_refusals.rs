@@ -145,6 +145,7 @@ async fn tls_through(
     roots
         .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA"))
         .expect("root");
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();

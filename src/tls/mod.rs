@@ -24,7 +24,12 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     clients: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<rustls::ServerConfig, String> {
-    let builder = rustls::ServerConfig::builder();
+    // stevedore's provider, named: more than one is compiled in (the S3 client brings ring).
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?;
     let builder = match clients {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -104,7 +109,10 @@ pub fn listener_config(
                     .add(cert)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
-            let builder = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+            let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            );
             let builder = if tls.require_client_cert {
                 builder
             } else {

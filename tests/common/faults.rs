@@ -165,6 +165,7 @@ impl FaultProxy {
             .collect::<Result<_, _>>()
             .expect("parse the certificate");
         let key = PrivateKeyDer::from_pem_file(&pki.key).expect("read the key");
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(certs, key)
