@@ -5,6 +5,7 @@
 mod client;
 mod counter;
 mod hostile;
+mod link;
 mod procs;
 mod raw;
 mod report;

@@ -48,10 +48,12 @@ pub enum Name {
     Tls32,
     #[value(name = "connect-handshake")]
     ConnectHandshake,
+    #[value(name = "cold-32-slow-link")]
+    Cold32SlowLink,
 }
 
 impl Name {
-    pub const ALL: [Name; 11] = [
+    pub const ALL: [Name; 12] = [
         Name::Warm1,
         Name::Warm32,
         Name::Cold32,
@@ -63,6 +65,7 @@ impl Name {
         Name::Tls1,
         Name::Tls32,
         Name::ConnectHandshake,
+        Name::Cold32SlowLink,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +81,7 @@ impl Name {
             Name::Tls1 => "tls-1",
             Name::Tls32 => "tls-32",
             Name::ConnectHandshake => "connect-handshake",
+            Name::Cold32SlowLink => "cold-32-slow-link",
         }
     }
 }
@@ -224,6 +228,7 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
         Name::Tls1 => return crate::tls::tls_downloads(world, params, 1).await,
         Name::Tls32 => return crate::tls::tls_downloads(world, params, 32).await,
         Name::ConnectHandshake => return crate::tls::connect_handshake(world).await,
+        Name::Cold32SlowLink => return crate::link::cold_32_slow_link(world, params).await,
     };
     let throughput = |r: &TargetResult| r.mib_per_s;
     let rate = |r: &TargetResult| r.req_per_s;
@@ -256,7 +261,8 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
         | Name::SmallAnswers
         | Name::Tls1
         | Name::Tls32
-        | Name::ConnectHandshake => {}
+        | Name::ConnectHandshake
+        | Name::Cold32SlowLink => {}
     }
     Ok(result)
 }
@@ -327,7 +333,7 @@ async fn downloads(
     })
 }
 
-async fn measure_downloads(
+pub(crate) async fn measure_downloads(
     world: &World,
     kind: Kind,
     clients: usize,
