@@ -39,7 +39,7 @@ enum What {
 
 impl clap::ValueEnum for What {
     fn value_variants<'a>() -> &'a [Self] {
-        const VARIANTS: [What; 13] = [
+        const VARIANTS: [What; 14] = [
             What::All,
             What::One(Name::ALL[0]),
             What::One(Name::ALL[1]),
@@ -52,6 +52,7 @@ impl clap::ValueEnum for What {
             What::One(Name::ALL[8]),
             What::One(Name::ALL[9]),
             What::One(Name::ALL[10]),
+            What::One(Name::ALL[11]),
             What::Setup,
         ];
         &VARIANTS
@@ -77,7 +78,7 @@ impl clap::ValueEnum for What {
 )]
 struct Cli {
     /// Scenario to run: all, warm-1, warm-32, cold-32, tag-head, rss-64, rss-1000,
-    /// small-answers, abuse-soak, tls-1, tls-32, connect-handshake, or setup.
+    /// small-answers, abuse-soak, tls-1, tls-32, connect-handshake, cold-32-slow-link, or setup.
     #[arg(value_enum)]
     what: What,
     /// Size of the test blob in MiB (default 1024; 64 with --quick).
