@@ -1,6 +1,6 @@
 //! Replicas that know each other (`[peers]`) over one Garage bucket: each blob digest has one
 //! owner (rendezvous hashing), and a replica that misses asks the owner, which fills once for
-//! all. 96 clients spread over three replicas pull one cold blob: one upstream GET, right
+//! all. 96 clients spread over three replicas pull one cold 1 GiB blob: one upstream GET, right
 //! bytes everywhere. The owner killed (`kill -9`) mid-fill: every client completes with the
 //! right bytes or a clean error, a retry succeeds, and the bucket holds nothing unverified.
 //! The peer path refuses whoever lacks the shared secret.
@@ -140,7 +140,7 @@ fn client() -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ninety_six_clients_over_three_replicas_make_one_upstream_get() {
-    let c = cluster(2501, 64 << 20, None).await;
+    let c = cluster(2501, 1 << 30, None).await;
     let (layer, size) = c.image.layers.last().cloned().expect("layer");
     let http = client();
     let pulls = (0..96).map(|i| {
