@@ -9,6 +9,7 @@ mod link;
 mod procs;
 mod raw;
 mod report;
+mod s3tier;
 mod scenarios;
 mod setup;
 mod small;
@@ -39,7 +40,7 @@ enum What {
 
 impl clap::ValueEnum for What {
     fn value_variants<'a>() -> &'a [Self] {
-        const VARIANTS: [What; 14] = [
+        const VARIANTS: [What; 15] = [
             What::All,
             What::One(Name::ALL[0]),
             What::One(Name::ALL[1]),
@@ -53,6 +54,7 @@ impl clap::ValueEnum for What {
             What::One(Name::ALL[9]),
             What::One(Name::ALL[10]),
             What::One(Name::ALL[11]),
+            What::One(Name::ALL[12]),
             What::Setup,
         ];
         &VARIANTS
@@ -78,7 +80,7 @@ impl clap::ValueEnum for What {
 )]
 struct Cli {
     /// Scenario to run: all, warm-1, warm-32, cold-32, tag-head, rss-64, rss-1000,
-    /// small-answers, abuse-soak, tls-1, tls-32, connect-handshake, cold-32-slow-link, or setup.
+    /// small-answers, abuse-soak, tls-1, tls-32, connect-handshake, cold-32-slow-link, s3-tier, or setup.
     #[arg(value_enum)]
     what: What,
     /// Size of the test blob in MiB (default 1024; 64 with --quick).

@@ -50,10 +50,12 @@ pub enum Name {
     ConnectHandshake,
     #[value(name = "cold-32-slow-link")]
     Cold32SlowLink,
+    #[value(name = "s3-tier")]
+    S3Tier,
 }
 
 impl Name {
-    pub const ALL: [Name; 12] = [
+    pub const ALL: [Name; 13] = [
         Name::Warm1,
         Name::Warm32,
         Name::Cold32,
@@ -66,6 +68,7 @@ impl Name {
         Name::Tls32,
         Name::ConnectHandshake,
         Name::Cold32SlowLink,
+        Name::S3Tier,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +85,7 @@ impl Name {
             Name::Tls32 => "tls-32",
             Name::ConnectHandshake => "connect-handshake",
             Name::Cold32SlowLink => "cold-32-slow-link",
+            Name::S3Tier => "s3-tier",
         }
     }
 }
@@ -229,6 +233,7 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
         Name::Tls32 => return crate::tls::tls_downloads(world, params, 32).await,
         Name::ConnectHandshake => return crate::tls::connect_handshake(world).await,
         Name::Cold32SlowLink => return crate::link::cold_32_slow_link(world, params).await,
+        Name::S3Tier => return crate::s3tier::s3_tier(world, params).await,
     };
     let throughput = |r: &TargetResult| r.mib_per_s;
     let rate = |r: &TargetResult| r.req_per_s;
@@ -262,7 +267,8 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
         | Name::Tls1
         | Name::Tls32
         | Name::ConnectHandshake
-        | Name::Cold32SlowLink => {}
+        | Name::Cold32SlowLink
+        | Name::S3Tier => {}
     }
     Ok(result)
 }
