@@ -9,6 +9,7 @@ mod challenge;
 mod client;
 mod error;
 mod http;
+mod via;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -244,7 +245,7 @@ impl Table {
 /// Whether `url` is a usable endpoint: a registry's base URL, or another stevedore naming the
 /// registry by path prefix or `?ns=`. Some(true) when it names one.
 pub fn endpoint_names_registry(url: &Url) -> Option<bool> {
-    client::Via::split(url).map(|(_, via)| via != client::Via::Direct)
+    via::Via::split(url).map(|(_, via)| via != via::Via::Direct)
 }
 
 /// A registry's endpoints: as configured, else `https://<host>` (Docker Hub's API host for
