@@ -153,12 +153,7 @@ pub async fn cold_32_slow_link(world: &World, params: &Params) -> Result<Scenari
     for kind in [Kind::Stevedore, Kind::Distribution] {
         let r = match measure_downloads(&behind, kind, 32, false, timeout, params.verify).await {
             Ok(r) => r,
-            Err(e) => TargetResult {
-                target: kind.name().to_string(),
-                failure: Some(format!("{e:#}")),
-                clients: 32,
-                ..TargetResult::default()
-            },
+            Err(e) => TargetResult::failed(kind.name(), "cold-32-slow-link", 32, &e),
         };
         results.push(r);
     }

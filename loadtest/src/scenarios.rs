@@ -158,6 +158,19 @@ pub struct ScenarioResult {
     pub ratios: BTreeMap<String, Option<f64>>,
 }
 
+impl TargetResult {
+    /// A target that could not be measured in `scenario` (said on stderr too).
+    pub fn failed(target: &str, scenario: &str, clients: usize, e: &anyhow::Error) -> Self {
+        eprintln!("loadtest: {target} failed in {scenario}: {e:#}");
+        TargetResult {
+            target: target.to_string(),
+            failure: Some(format!("{e:#}")),
+            clients,
+            ..TargetResult::default()
+        }
+    }
+}
+
 impl ScenarioResult {
     fn get(&self, kind: Kind) -> Option<&TargetResult> {
         self.results
@@ -313,19 +326,7 @@ async fn downloads(
     for &kind in kinds {
         let r = match measure_downloads(world, kind, clients, warm, timeout, params.verify).await {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!(
-                    "loadtest: {} failed in {}: {e:#}",
-                    kind.name(),
-                    name.as_str()
-                );
-                TargetResult {
-                    target: kind.name().to_string(),
-                    failure: Some(format!("{e:#}")),
-                    clients,
-                    ..TargetResult::default()
-                }
-            }
+            Err(e) => TargetResult::failed(kind.name(), name.as_str(), clients, &e),
         };
         results.push(r);
     }
@@ -466,15 +467,7 @@ async fn tag_head(world: &World, params: &Params) -> Result<ScenarioResult> {
     for kind in [Kind::Stevedore, Kind::Distribution] {
         let r = match measure_heads(world, kind, params).await {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!("loadtest: {} failed in tag-head: {e:#}", kind.name());
-                TargetResult {
-                    target: kind.name().to_string(),
-                    failure: Some(format!("{e:#}")),
-                    clients: params.head_connections,
-                    ..TargetResult::default()
-                }
-            }
+            Err(e) => TargetResult::failed(kind.name(), "tag-head", params.head_connections, &e),
         };
         results.push(r);
     }

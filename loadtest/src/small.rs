@@ -22,15 +22,12 @@ pub async fn small_answers(world: &World, params: &Params) -> Result<ScenarioRes
     for kind in [Kind::Stevedore, Kind::Nginx] {
         match measure(world, kind, params).await {
             Ok(mut rs) => results.append(&mut rs),
-            Err(e) => {
-                eprintln!("loadtest: {} failed in small-answers: {e:#}", kind.name());
-                results.push(TargetResult {
-                    target: kind.name().to_string(),
-                    failure: Some(format!("{e:#}")),
-                    clients: CONNECTIONS,
-                    ..TargetResult::default()
-                });
-            }
+            Err(e) => results.push(TargetResult::failed(
+                kind.name(),
+                "small-answers",
+                CONNECTIONS,
+                &e,
+            )),
         }
     }
     let mut ratios = BTreeMap::new();

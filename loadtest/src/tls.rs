@@ -91,15 +91,7 @@ pub async fn tls_downloads(
                 r.target = label.to_string();
                 r
             }
-            Err(e) => {
-                eprintln!("loadtest: {label} failed in {}: {e:#}", name.as_str());
-                TargetResult {
-                    target: label.to_string(),
-                    failure: Some(format!("{e:#}")),
-                    clients,
-                    ..TargetResult::default()
-                }
-            }
+            Err(e) => TargetResult::failed(label, name.as_str(), clients, &e),
         };
         results.push(r);
     }
