@@ -109,9 +109,7 @@ async fn a_cold_pull_exports_request_token_upstream_store_and_fill_spans() {
     assert_eq!(faults.count("GET", &format!("/blobs/{layer}")), 1);
 
     // Shutting down sends what is still batched.
-    proxy.signal(libc::SIGTERM);
-    let exit = proxy.wait_exit(Duration::from_secs(30));
-    assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", proxy.log());
+    assert_eq!(proxy.terminate(), Some(0), "{}", proxy.log());
     let spans = receiver.spans();
     let names: BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
     assert!(
@@ -323,13 +321,7 @@ async fn a_clients_sampled_traceparent_cannot_force_export() {
             .expect("ping");
         assert_eq!(r.status(), 200);
     }
-    proxy.signal(libc::SIGTERM);
-    assert_eq!(
-        proxy
-            .wait_exit(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(proxy.terminate(), Some(0), "{}", proxy.log());
     assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
 }
 
@@ -355,13 +347,7 @@ async fn the_standard_otlp_variables_turn_export_on() {
         .await
         .expect("ping");
     assert_eq!(r.status(), 200);
-    proxy.signal(libc::SIGTERM);
-    assert_eq!(
-        proxy
-            .wait_exit(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(proxy.terminate(), Some(0), "{}", proxy.log());
     let spans = receiver.spans();
     assert!(
         spans.iter().any(|s| s.name == "request"

@@ -222,11 +222,5 @@ async fn reload_validates_first_then_swaps_credentials_policy_limits_without_dro
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
     }
-    proxy.signal(libc::SIGTERM);
-    assert_eq!(
-        proxy
-            .wait_exit(Duration::from_secs(30))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    assert_eq!(proxy.terminate(), Some(0), "{}", proxy.log());
 }

@@ -12,7 +12,6 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::StatusCode;
 use sha2::Digest as _;
@@ -289,11 +288,6 @@ fn score(base: &Url, digest: &Digest) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&h[..8]);
     u64::from_be_bytes(first)
-}
-
-/// A fixed answer (the id), for the peer path.
-pub fn id_body(peers: &Peers) -> Bytes {
-    Bytes::from(peers.id().to_owned())
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub async fn handle<B>(
     };
     let rest = path.strip_prefix(PATH_PREFIX).unwrap_or_default();
     if rest == "/id" {
-        return Ok(response::text(crate::peers::id_body(peers)));
+        return Ok(response::text(bytes::Bytes::from(peers.id().to_owned())));
     }
     let ctx = RouteContext {
         default_registry: &live.default_registry,

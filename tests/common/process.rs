@@ -118,6 +118,13 @@ impl Process {
         wait_until(limit, || self.log().contains(needle).then_some(())).is_some()
     }
 
+    /// SIGTERM, then the exit status code (within 30 s).
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+            .and_then(|s| s.code())
+    }
+
     /// Sends a signal (`libc::SIGTERM`, …).
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) with a pid this test spawned and still owns.
