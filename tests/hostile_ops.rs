@@ -170,7 +170,7 @@ async fn the_peer_path_gives_nothing_without_the_secret_and_keeps_repositories_a
     for odd in [
         format!("{base}/../v2/team/app/blobs/{layer}?ns={host}"),
         format!("{base}/v2/team/app/manifests/v1?ns={host}"),
-        format!("{base}"),
+        base.clone(),
     ] {
         let status = peer(odd.clone()).await.expect("odd").status();
         assert!(status == 404 || status == 400, "{odd}: {status}");
