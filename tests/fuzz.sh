@@ -11,7 +11,7 @@
 # Exits non-zero when a target finds a crash (a panic is a crash: the targets assert the
 # parsers' properties), printing the artifact that reproduces it:
 #   cargo +nightly fuzz run --fuzz-dir fuzz <target> <artifact>
-# Every crash found becomes a plain #[test] in tests/properties.rs with the input inlined.
+# Every crash found becomes a plain #[test] in tests/properties/regressions.rs with the input inlined.
 # The corpus grows in fuzz/corpus/<target> (seeded from fuzz/seeds/<target>); crashes land in
 # fuzz/artifacts/<target>/; both are git-ignored.
 set -uo pipefail
