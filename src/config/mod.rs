@@ -17,7 +17,7 @@ use std::path::Path;
 pub use model::*;
 pub use observe::{LogConfig, LogFormat, TracingConfig};
 pub use peers::PeersConfig;
-pub use remote::{S3Config, StoreKind};
+pub use remote::{S3Config, StoreBackend};
 pub use secret_source::{SecretError, SecretSource};
 pub use validate::realm_host;
 
@@ -120,7 +120,7 @@ impl Config {
 
     /// Parses and validates TOML text; `file` names it in messages.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
             problems: vec![parse_problem(text, &e)],
         })?;
@@ -128,11 +128,10 @@ impl Config {
         problems.extend(policy::problems(config.policy.as_ref()));
         problems.extend(observe::problems(&config.log, &config.tracing));
         problems.extend(peers::problems(config.peers.as_ref()));
-        problems.extend(remote::problems(
-            config.store.kind,
-            config.store.s3.as_ref(),
-            config.store.path.as_deref(),
-        ));
+        match remote::resolve(&config.store) {
+            Ok(backend) => config.store.backend = backend,
+            Err(p) => problems.extend(p),
+        }
         for (i, path) in config.credentials.contrast.iter().enumerate() {
             if let Err(e) = contrast::read(path) {
                 problems.push(Problem {

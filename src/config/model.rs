@@ -414,11 +414,15 @@ pub struct StoreConfig {
     /// streamed from upstream, verified, without being kept); cached content is still served.
     #[serde(default = "default_min_free_space")]
     pub min_free_space: ByteSize,
-    /// `disk` (default) or `s3`: see `[store.s3]`.
+    /// `type`: `disk` (default) or `s3`, as written; read it as [`StoreConfig::backend`].
     #[serde(default, rename = "type")]
-    pub kind: super::StoreKind,
-    /// The bucket of `type = "s3"`.
-    pub s3: Option<super::S3Config>,
+    pub(super) kind: super::remote::BackendKind,
+    /// `[store.s3]` as written; read it as [`StoreConfig::backend`].
+    pub(super) s3: Option<super::S3Config>,
+    /// The backend `type` names with its own settings, resolved once when the file is
+    /// loaded (a `type` without its section, or a section of another type, is refused).
+    #[serde(skip)]
+    pub backend: super::StoreBackend,
 }
 
 impl Default for StoreConfig {
@@ -432,8 +436,9 @@ impl Default for StoreConfig {
             fill_retries: default_fill_retries(),
             max_concurrent_fills: default_max_concurrent_fills(),
             min_free_space: default_min_free_space(),
-            kind: super::StoreKind::default(),
+            kind: super::remote::BackendKind::default(),
             s3: None,
+            backend: super::StoreBackend::default(),
         }
     }
 }

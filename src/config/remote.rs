@@ -8,13 +8,24 @@ use serde::Deserialize;
 use super::Problem;
 use super::secret_source::SecretSource;
 
-/// The store's backend.
+/// `[store] type` as written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum StoreKind {
+pub enum BackendKind {
     #[default]
     Disk,
     S3,
+}
+
+/// Where verified content is kept for good: the backend `[store] type` names, each with its
+/// own settings. Built once from the file by [`resolve`].
+#[derive(Debug, Clone, Default)]
+pub enum StoreBackend {
+    /// The local directory (`[store] path`) alone.
+    #[default]
+    Disk,
+    /// A bucket shared by replicas; the local directory is the size-bounded tier in front.
+    S3(S3Config),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,9 +65,20 @@ fn default_uploads() -> usize {
     4
 }
 
-/// What is wrong with the store's backend settings.
-pub fn problems(
-    kind: StoreKind,
+/// The backend of `[store]`, or what is wrong with its settings.
+pub fn resolve(store: &super::StoreConfig) -> Result<StoreBackend, Vec<Problem>> {
+    let out = problems(store.kind, store.s3.as_ref(), store.path.as_deref());
+    if !out.is_empty() {
+        return Err(out);
+    }
+    Ok(match (store.kind, &store.s3) {
+        (BackendKind::S3, Some(s3)) => StoreBackend::S3(s3.clone()),
+        _ => StoreBackend::Disk,
+    })
+}
+
+fn problems(
+    kind: BackendKind,
     s3: Option<&S3Config>,
     path: Option<&std::path::Path>,
 ) -> Vec<Problem> {
@@ -68,11 +90,11 @@ pub fn problems(
         })
     };
     match (kind, s3) {
-        (StoreKind::Disk, Some(_)) => push(
+        (BackendKind::Disk, Some(_)) => push(
             "store.s3",
             "is set but store.type is \"disk\": set type = \"s3\" to use it".to_owned(),
         ),
-        (StoreKind::S3, None) => push(
+        (BackendKind::S3, None) => push(
             "store.type",
             "is \"s3\" but there is no [store.s3] section".to_owned(),
         ),
@@ -81,7 +103,7 @@ pub fn problems(
     let Some(s3) = s3 else {
         return out;
     };
-    if kind == StoreKind::S3 && path.is_none() {
+    if kind == BackendKind::S3 && path.is_none() {
         push(
             "store.path",
             "is needed with type = \"s3\": the local tier in front of the bucket".to_owned(),
@@ -124,4 +146,54 @@ pub fn problems(
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::StoreBackend;
+
+    const S3: &str = "[store.s3]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"b\"\n";
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, "x.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn disk_is_the_default() {
+        let c = load("[store]\npath = \"/tmp/s\"\n").unwrap();
+        assert!(matches!(c.store.backend, StoreBackend::Disk));
+    }
+
+    #[test]
+    fn s3_carries_its_section() {
+        let c = load(&format!("[store]\npath = \"/tmp/s\"\ntype = \"s3\"\n{S3}")).unwrap();
+        let StoreBackend::S3(s3) = &c.store.backend else {
+            panic!("{:?}", c.store.backend);
+        };
+        assert_eq!((s3.bucket.as_str(), s3.path_style), ("b", true));
+    }
+
+    #[test]
+    fn mismatched_or_unknown_settings_are_named() {
+        let e = load("[store]\npath = \"/tmp/s\"\ntype = \"s3\"\n").unwrap_err();
+        assert!(
+            e.contains("store.type: is \"s3\" but there is no [store.s3]"),
+            "{e}"
+        );
+        let e = load(&format!("[store]\npath = \"/tmp/s\"\n{S3}")).unwrap_err();
+        assert!(
+            e.contains("store.s3: is set but store.type is \"disk\""),
+            "{e}"
+        );
+        let e = load(&format!("[store]\ntype = \"s3\"\n{S3}")).unwrap_err();
+        assert!(e.contains("store.path: is needed"), "{e}");
+        let e = load(&format!(
+            "[store]\npath = \"/tmp/s\"\ntype = \"s3\"\n{S3}buckt = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `buckt`"), "{e}");
+        let e = load("[store]\ntype = \"nfs\"\n").unwrap_err();
+        assert!(e.contains("unknown variant `nfs`"), "{e}");
+    }
 }

@@ -199,9 +199,10 @@ impl Store {
                 match outcome {
                     Ok(size) => {
                         tracing::info!(bytes = size, "fill committed");
-                        if let Some(remote) = store.remote.clone().filter(|_| !from_bucket) {
-                            let (d, path) = (digest.clone(), store.layout.path(&digest));
-                            tokio::spawn(async move { remote.upload(&d, path, None).await });
+                        if !from_bucket {
+                            let (backend, d) = (store.backend.clone(), digest.clone());
+                            let path = store.layout.path(&digest);
+                            tokio::spawn(async move { backend.put_blob(&d, path).await });
                         }
                         store.lru.insert(&digest, size);
                         drop(reservation);
@@ -214,11 +215,9 @@ impl Store {
                         tracing::warn!(%digest, reason = %failure, "fill failed");
                         // Bad bytes in the shared bucket are removed, so that the next
                         // request fetches the blob from upstream instead.
-                        if let (true, FillFailure::Corrupt(_), Some(remote)) =
-                            (from_bucket, &failure, store.remote.clone())
-                        {
-                            let d = digest.clone();
-                            tokio::spawn(async move { remote.remove_blob(&d).await });
+                        if let (true, FillFailure::Corrupt(_)) = (from_bucket, &failure) {
+                            let (backend, d) = (store.backend.clone(), digest.clone());
+                            tokio::spawn(async move { backend.remove_blob(&d).await });
                         }
                         tx.send_modify(|p| p.state = FillState::Failed(failure));
                     }

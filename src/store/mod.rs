@@ -1,11 +1,13 @@
 //! The content store: verified content by digest on local disk, repository membership and tag
 //! records, fills of missing blobs, and size-bounded LRU eviction.
 //!
-//! The pull engine talks to [`Store`]; the on-disk format is private to `disk.rs` and
-//! `index.rs`, so another backend can take their place behind the same facade. Every method
-//! the engine calls from async code is either in memory or runs its file I/O on a blocking
-//! thread.
+//! The pull engine talks to [`Store`]: the local directory (its format private to `disk.rs`
+//! and `index.rs`), fills, fan-out and eviction, in front of a [`Backend`] (`backend.rs`)
+//! that keeps content beyond the local directory when `[store] type` says so: nothing for
+//! `disk`, a bucket shared by replicas for `s3` (`remote.rs`). Every method the engine calls
+//! from async code is either in memory or runs its file I/O on a blocking thread.
 
+mod backend;
 mod disk;
 mod evict;
 mod fill;
@@ -13,6 +15,7 @@ mod index;
 pub mod maintenance;
 mod reader;
 mod remote;
+mod segments;
 mod space;
 
 use std::io;
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+pub use backend::Backend;
 pub use disk::{CommitError, DiskLayout};
 pub use fill::{Fill, FillPermit, FillSource, PassReason, Resume};
 pub use index::{Index, TagRecord, accept_key, now};
@@ -91,8 +95,8 @@ pub struct Store {
     /// Cancelled when the process shuts down: fills still running then are aborted, their
     /// temp files removed.
     stopping: tokio_util::sync::CancellationToken,
-    /// The shared bucket behind the local tier (`type = "s3"`).
-    remote: Option<Arc<remote::Remote>>,
+    /// What keeps content beyond the local directory (`[store] type`).
+    backend: Arc<dyn Backend>,
 }
 
 impl Drop for Store {
@@ -108,12 +112,7 @@ impl Store {
         let Some(path) = &config.path else {
             return Ok(None);
         };
-        let remote = match (&config.kind, &config.s3) {
-            (crate::config::StoreKind::S3, Some(s3)) => Some(Arc::new(
-                remote::Remote::from_config(s3).map_err(io::Error::other)?,
-            )),
-            _ => None,
-        };
+        let backend = backend::open(&config.backend).map_err(io::Error::other)?;
         let layout = DiskLayout::open(path)?;
         let index = Index::open(path)?;
         let lru = evict::Lru::new(config.max_size.0);
@@ -136,7 +135,7 @@ impl Store {
             config: config.clone(),
             stats: StoreStats::default(),
             stopping: tokio_util::sync::CancellationToken::new(),
-            remote,
+            backend,
         });
         store.remove_victims(store.lru.take_victims(config.max_size.0));
         store.evict_on_release();
@@ -184,10 +183,7 @@ impl Store {
         {
             return true;
         }
-        match &self.remote {
-            Some(remote) => remote.contains(digest).await,
-            None => false,
-        }
+        self.backend.contains(digest).await
     }
 
     /// A stored manifest: from memory, else read from disk when it is a manifest (stored with
@@ -210,17 +206,14 @@ impl Store {
             self.manifests.insert(digest.clone(), m.clone());
             return Ok(found);
         }
-        let Some(remote) = &self.remote else {
-            return Ok(None);
-        };
         // Another replica may have stored it: verified again before it is kept or served.
-        let Some((bytes, media_type)) = remote.manifest(digest, limit).await else {
+        let Some((bytes, media_type)) = self.backend.manifest(digest, limit).await else {
             return Ok(None);
         };
         let mut hasher = digest.algorithm().hasher();
         hasher.update(&bytes);
         if hasher.finish() != *digest {
-            tracing::warn!(%digest, "S3 tier: a stored manifest does not match its digest; ignored");
+            tracing::warn!(%digest, backend = self.backend.name(), "a stored manifest does not match its digest; ignored");
             return Ok(None);
         }
         self.keep_manifest(digest, bytes.clone(), media_type.clone())
@@ -261,15 +254,13 @@ impl Store {
         bytes: Bytes,
         media_type: String,
     ) -> io::Result<bool> {
-        if let Some(remote) = &self.remote {
-            let (remote, d, b, t) = (
-                remote.clone(),
-                digest.clone(),
-                bytes.clone(),
-                media_type.clone(),
-            );
-            tokio::spawn(async move { remote.put_manifest(&d, b, &t).await });
-        }
+        let (backend, d, b, t) = (
+            self.backend.clone(),
+            digest.clone(),
+            bytes.clone(),
+            media_type.clone(),
+        );
+        tokio::spawn(async move { backend.put_manifest(&d, b, &t).await });
         self.keep_manifest(digest, bytes, media_type).await
     }
 
@@ -323,9 +314,9 @@ impl Store {
         }))
     }
 
-    /// `digest` from the shared bucket as a fill source, if there is a bucket and it holds it.
+    /// `digest` from the backend as a fill source, if it holds what the local tier lost.
     pub async fn shared_blob(&self, digest: &Digest) -> Option<FillSource> {
-        self.remote.as_ref()?.blob_source(digest).await
+        self.backend.blob_source(digest).await
     }
 
     /// A pin for readers of a fill: it protects the blob from the moment it commits.
@@ -351,10 +342,7 @@ impl Store {
         {
             return true;
         }
-        let Some(remote) = &self.remote else {
-            return false;
-        };
-        if !remote.is_member(registry, repo, digest).await {
+        if !self.backend.is_member(registry, repo, digest).await {
             return false;
         }
         let (r, p, d) = (registry.clone(), repo.clone(), digest.clone());
@@ -376,11 +364,9 @@ impl Store {
         if missing.is_empty() {
             return Ok(());
         }
-        if let Some(remote) = &self.remote {
-            // Recorded in the bucket before it is relied on here, so that a replica that
-            // serves from the bucket never knows more than the bucket does.
-            remote.add_members(registry, repo, &missing).await;
-        }
+        // Recorded in the backend before it is relied on here, so that a replica that
+        // serves from a shared bucket never knows more than the bucket does.
+        self.backend.add_members(registry, repo, &missing).await;
         let (r, p) = (registry.clone(), repo.clone());
         self.blocking(move |s| {
             for d in &missing {
@@ -410,11 +396,8 @@ impl Store {
             .await
             .ok()
             .flatten();
-        let Some(remote) = &self.remote else {
-            return local;
-        };
-        // The bucket's record is newer when another replica confirmed the tag since.
-        let shared = remote.tag(registry, repo, tag, accept_key).await;
+        // The backend's record is newer when another replica confirmed the tag since.
+        let shared = self.backend.tag(registry, repo, tag, accept_key).await;
         match (local, shared) {
             (Some(l), Some(s)) if s.checked_at > l.checked_at => Some(s),
             (Some(l), _) => Some(l),
@@ -431,11 +414,9 @@ impl Store {
         accept_key: &str,
         record: TagRecord,
     ) -> io::Result<()> {
-        if let Some(remote) = &self.remote {
-            remote
-                .put_tag(registry, repo, tag, accept_key, &record)
-                .await;
-        }
+        self.backend
+            .put_tag(registry, repo, tag, accept_key, &record)
+            .await;
         if self.space.is_low(0) {
             return Ok(());
         }

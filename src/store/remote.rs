@@ -22,13 +22,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt as _;
 
+use super::backend::Backend;
 use super::fill::{FillSource, Resume};
 use super::index::TagRecord;
+use super::segments;
 use crate::body::ByteStream;
 use crate::config::S3Config;
 use crate::reference::{Digest, RegistryHost, Repository};
@@ -37,9 +39,13 @@ use crate::reference::{Digest, RegistryHost, Repository};
 const PART: usize = 8 << 20;
 /// Parts of one upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Segments of large objects read ahead at once, across every fill (8 MiB each).
+const READ_AHEAD_SEGMENTS: usize = 16;
 
 pub struct Remote {
-    s3: Arc<AmazonS3>,
+    s3: Arc<dyn ObjectStore>,
+    /// Segments of large objects read ahead, across fills.
+    read_ahead: segments::Budget,
     prefix: String,
     uploads: Arc<tokio::sync::Semaphore>,
 }
@@ -93,6 +99,7 @@ impl Remote {
         })?;
         Ok(Self {
             s3: Arc::new(s3),
+            read_ahead: segments::Budget::new(READ_AHEAD_SEGMENTS),
             prefix: c.prefix.clone(),
             uploads: Arc::new(tokio::sync::Semaphore::new(c.max_concurrent_uploads)),
         })
@@ -137,34 +144,63 @@ impl Remote {
         ))
     }
 
+    /// A small object, read whole if it is at most `limit` bytes.
+    async fn small(&self, path: &Path, limit: u64) -> Option<Bytes> {
+        let got = self.s3.get(path).await.ok()?;
+        if got.meta.size > limit {
+            return None;
+        }
+        got.bytes().await.ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Remote {
+    fn name(&self) -> &'static str {
+        "s3"
+    }
+
     /// The bytes of `digest` as a fill source (resumable with ranged GETs), if the bucket
-    /// holds it. The fill verifies them like any upstream's.
-    pub async fn blob_source(&self, digest: &Digest) -> Option<FillSource> {
+    /// holds it: large objects as several ranged GETs at once (`segments.rs`). The fill
+    /// verifies them like any upstream's.
+    async fn blob_source(&self, digest: &Digest) -> Option<FillSource> {
         let path = self.blob_path(digest);
-        let got = match self.s3.get(&path).await {
-            Ok(g) => g,
+        let total = match self.s3.head(&path).await {
+            Ok(meta) => meta.size,
             Err(object_store::Error::NotFound { .. }) => return None,
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "S3 tier: reading a blob failed; asking upstream");
                 return None;
             }
         };
-        let total = Some(got.meta.size);
-        let body = stream(got.into_stream());
-        let s3 = self.s3.clone();
-        let resume: Resume = Box::new(move |offset| {
-            let (s3, path) = (s3.clone(), path.clone());
-            Box::pin(async move {
+        let (s3, budget) = (self.s3.clone(), self.read_ahead.clone());
+        let open = move |offset: u64| {
+            let (s3, path, budget) = (s3.clone(), path.clone(), budget.clone());
+            async move {
+                if total.saturating_sub(offset) > segments::SEGMENT {
+                    return Ok::<_, String>(segments::ranged(s3, path, offset, total, budget));
+                }
                 let opts = GetOptions {
-                    range: Some(GetRange::Offset(offset)),
+                    range: (offset > 0).then_some(GetRange::Offset(offset)),
                     ..GetOptions::default()
                 };
                 let got = s3.get_opts(&path, opts).await.map_err(|e| e.to_string())?;
-                Ok((stream(got.into_stream()), true))
-            })
+                Ok(stream(got.into_stream()))
+            }
+        };
+        let body = match open(0).await {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "S3 tier: reading a blob failed; asking upstream");
+                return None;
+            }
+        };
+        let resume: Resume = Box::new(move |offset| {
+            let opened = open(offset);
+            Box::pin(async move { Ok((opened.await?, true)) })
         });
         Some(FillSource {
-            total,
+            total: Some(total),
             body,
             resume,
             from_bucket: true,
@@ -173,7 +209,7 @@ impl Remote {
 
     /// Uploads the committed file of `digest` unless the bucket has it, checking its hash on
     /// the way; a mismatch (the local file changed under it) aborts the upload.
-    pub async fn upload(&self, digest: &Digest, file: PathBuf, media_type: Option<String>) {
+    async fn put_blob(&self, digest: &Digest, file: PathBuf) {
         let Ok(_slot) = self.uploads.clone().acquire_owned().await else {
             return;
         };
@@ -218,14 +254,6 @@ impl Remote {
                 }
                 w.finish().await?;
             }
-            if let Some(t) = media_type {
-                self.s3
-                    .put(
-                        &self.media_type_path(digest),
-                        PutPayload::from(t.into_bytes()),
-                    )
-                    .await?;
-            }
             Ok(true)
         }
         .await;
@@ -239,12 +267,12 @@ impl Remote {
     }
 
     /// Whether the bucket holds `digest`.
-    pub async fn contains(&self, digest: &Digest) -> bool {
+    async fn contains(&self, digest: &Digest) -> bool {
         self.s3.head(&self.blob_path(digest)).await.is_ok()
     }
 
     /// Removes a blob whose bytes did not match its digest.
-    pub async fn remove_blob(&self, digest: &Digest) {
+    async fn remove_blob(&self, digest: &Digest) {
         match self.s3.delete(&self.blob_path(digest)).await {
             Ok(()) => {
                 tracing::warn!(%digest, "S3 tier: removed an object that did not match its digest")
@@ -257,13 +285,13 @@ impl Remote {
 
     /// A manifest stored in the bucket (with its media type), if any, up to `limit` bytes.
     /// The caller verifies it against its digest.
-    pub async fn manifest(&self, digest: &Digest, limit: u64) -> Option<(Bytes, String)> {
+    async fn manifest(&self, digest: &Digest, limit: u64) -> Option<(Bytes, String)> {
         let media_type = self.small(&self.media_type_path(digest), 1024).await?;
         let bytes = self.small(&self.blob_path(digest), limit).await?;
         Some((bytes, String::from_utf8(media_type.to_vec()).ok()?))
     }
 
-    pub async fn put_manifest(&self, digest: &Digest, bytes: Bytes, media_type: &str) {
+    async fn put_manifest(&self, digest: &Digest, bytes: Bytes, media_type: &str) {
         let r = async {
             self.s3
                 .put(&self.blob_path(digest), PutPayload::from(bytes))
@@ -281,19 +309,14 @@ impl Remote {
         }
     }
 
-    pub async fn is_member(&self, registry: &RegistryHost, repo: &Repository, d: &Digest) -> bool {
+    async fn is_member(&self, registry: &RegistryHost, repo: &Repository, d: &Digest) -> bool {
         self.s3
             .head(&self.member_path(registry, repo, d))
             .await
             .is_ok()
     }
 
-    pub async fn add_members(
-        &self,
-        registry: &RegistryHost,
-        repo: &Repository,
-        digests: &[Digest],
-    ) {
+    async fn add_members(&self, registry: &RegistryHost, repo: &Repository, digests: &[Digest]) {
         let puts = digests.iter().map(|d| {
             let path = self.member_path(registry, repo, d);
             async move { self.s3.put(&path, PutPayload::default()).await }
@@ -305,7 +328,7 @@ impl Remote {
         }
     }
 
-    pub async fn tag(
+    async fn tag(
         &self,
         registry: &RegistryHost,
         repo: &Repository,
@@ -318,7 +341,7 @@ impl Remote {
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub async fn put_tag(
+    async fn put_tag(
         &self,
         registry: &RegistryHost,
         repo: &Repository,
@@ -339,15 +362,6 @@ impl Remote {
         {
             tracing::warn!(tag, error = %e, "S3 tier: storing a tag record failed");
         }
-    }
-
-    /// A small object, read whole if it is at most `limit` bytes.
-    async fn small(&self, path: &Path, limit: u64) -> Option<Bytes> {
-        let got = self.s3.get(path).await.ok()?;
-        if got.meta.size > limit {
-            return None;
-        }
-        got.bytes().await.ok()
     }
 }
 
