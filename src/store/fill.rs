@@ -230,6 +230,9 @@ impl Store {
     }
 }
 
+/// Largest write of a fill's temp file.
+const WRITE_BLOCK: usize = 1 << 20;
+
 /// A failure to write the temp file: a full disk is told apart.
 fn store_failure(what: &str, e: &io::Error) -> FillFailure {
     FillFailure::Store {
@@ -250,8 +253,20 @@ async fn pump(
     let (chunks, mut rx) = mpsc::channel::<Bytes>(16);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<TempBlob> {
         let mut temp = temp;
+        // Chunks that have arrived are gathered into one block (up to WRITE_BLOCK) per
+        // write: a fill written chunk by chunk as the network delivers them spent several
+        // times the CPU in the kernel's page-cache copy (docs/benchmarks.md, s3-tier).
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BLOCK);
         while let Some(chunk) = rx.blocking_recv() {
-            temp.write(&chunk)?;
+            buf.extend_from_slice(&chunk);
+            while buf.len() < WRITE_BLOCK {
+                match rx.try_recv() {
+                    Ok(more) => buf.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            temp.write(&buf)?;
+            buf.clear();
             let written = temp.written();
             progress.send_modify(|p| p.written = written);
         }

@@ -15,7 +15,6 @@ mod index;
 pub mod maintenance;
 mod reader;
 mod remote;
-mod segments;
 mod space;
 
 use std::io;

@@ -30,7 +30,6 @@ use tokio::io::AsyncReadExt as _;
 use super::backend::Backend;
 use super::fill::{FillSource, Resume};
 use super::index::TagRecord;
-use super::segments;
 use crate::body::ByteStream;
 use crate::config::S3Config;
 use crate::reference::{Digest, RegistryHost, Repository};
@@ -39,13 +38,9 @@ use crate::reference::{Digest, RegistryHost, Repository};
 const PART: usize = 8 << 20;
 /// Parts of one upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 2;
-/// Segments of large objects read ahead at once, across every fill (8 MiB each).
-const READ_AHEAD_SEGMENTS: usize = 16;
 
 pub struct Remote {
     s3: Arc<dyn ObjectStore>,
-    /// Segments of large objects read ahead, across fills.
-    read_ahead: segments::Budget,
     prefix: String,
     uploads: Arc<tokio::sync::Semaphore>,
 }
@@ -99,7 +94,6 @@ impl Remote {
         })?;
         Ok(Self {
             s3: Arc::new(s3),
-            read_ahead: segments::Budget::new(READ_AHEAD_SEGMENTS),
             prefix: c.prefix.clone(),
             uploads: Arc::new(tokio::sync::Semaphore::new(c.max_concurrent_uploads)),
         })
@@ -161,46 +155,33 @@ impl Backend for Remote {
     }
 
     /// The bytes of `digest` as a fill source (resumable with ranged GETs), if the bucket
-    /// holds it: large objects as several ranged GETs at once (`segments.rs`). The fill
-    /// verifies them like any upstream's.
+    /// holds it. The fill verifies them like any upstream's.
     async fn blob_source(&self, digest: &Digest) -> Option<FillSource> {
         let path = self.blob_path(digest);
-        let total = match self.s3.head(&path).await {
-            Ok(meta) => meta.size,
+        let got = match self.s3.get(&path).await {
+            Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return None,
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "S3 tier: reading a blob failed; asking upstream");
                 return None;
             }
         };
-        let (s3, budget) = (self.s3.clone(), self.read_ahead.clone());
-        let open = move |offset: u64| {
-            let (s3, path, budget) = (s3.clone(), path.clone(), budget.clone());
-            async move {
-                if total.saturating_sub(offset) > segments::SEGMENT {
-                    return Ok::<_, String>(segments::ranged(s3, path, offset, total, budget));
-                }
+        let total = Some(got.meta.size);
+        let body = stream(got.into_stream());
+        let s3 = self.s3.clone();
+        let resume: Resume = Box::new(move |offset| {
+            let (s3, path) = (s3.clone(), path.clone());
+            Box::pin(async move {
                 let opts = GetOptions {
-                    range: (offset > 0).then_some(GetRange::Offset(offset)),
+                    range: Some(GetRange::Offset(offset)),
                     ..GetOptions::default()
                 };
                 let got = s3.get_opts(&path, opts).await.map_err(|e| e.to_string())?;
-                Ok(stream(got.into_stream()))
-            }
-        };
-        let body = match open(0).await {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::warn!(%digest, error = %e, "S3 tier: reading a blob failed; asking upstream");
-                return None;
-            }
-        };
-        let resume: Resume = Box::new(move |offset| {
-            let opened = open(offset);
-            Box::pin(async move { Ok((opened.await?, true)) })
+                Ok((stream(got.into_stream()), true))
+            })
         });
         Some(FillSource {
-            total: Some(total),
+            total,
             body,
             resume,
             from_bucket: true,
