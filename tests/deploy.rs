@@ -25,7 +25,12 @@ use common::k8s::{
 
 #[test]
 fn overlays_pass_strict_schema_validation() {
-    for dir in ["base", "overlays/node-local", "overlays/shared"] {
+    for dir in [
+        "base",
+        "overlays/node-local",
+        "overlays/shared",
+        "overlays/scale-out",
+    ] {
         let yaml = render(&deploy_dir().join(dir));
         // kubernetes-validate says one "passed" line per resource; counting them guards against
         // a run that checked nothing.
@@ -295,6 +300,61 @@ fn shared_overlay_is_a_service_over_two_replicas() {
     let pdb = r.find("PodDisruptionBudget", "stevedore");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     assert!(selects(&pdb["spec"]["selector"]["matchLabels"]));
+}
+
+/// The scale-out overlay: replicas over one bucket that find each other through a headless
+/// Service, the one `[peers] dns` names (service, namespace and port), and secrets for the peer
+/// path and the bucket that its user creates rather than ones shipped with known values.
+#[test]
+fn scale_out_overlay_finds_its_replicas_through_a_headless_service() {
+    let r = Rendered::of("scale-out");
+    let deployment = r.find("Deployment", "stevedore");
+    assert!(deployment["spec"]["replicas"].as_u64() >= Some(3));
+    let template = &deployment["spec"]["template"];
+    let (pod, labels) = (&template["spec"], &template["metadata"]["labels"]);
+    let c = &pod["containers"][0];
+    let config = toml_table(&r.config_of(pod, c).0);
+    assert_eq!(config["store"]["type"].as_str(), Some("s3"));
+
+    let dns = config["peers"]["dns"].as_str().expect("[peers] dns");
+    let (host, port) = dns.rsplit_once(':').expect("host:port");
+    let peers = r
+        .docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["spec"]["clusterIP"] == "None")
+        .expect("a headless Service");
+    let (name, namespace) = (
+        str_of(&peers["metadata"]["name"]),
+        str_of(&peers["metadata"]["namespace"]),
+    );
+    assert_eq!(host, format!("{name}.{namespace}.svc.cluster.local"));
+    let selector = peers["spec"]["selector"].as_object().expect("a selector");
+    assert!(!selector.is_empty() && selector.iter().all(|(k, v)| labels[k] == *v));
+    let mirror = peers["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["port"].as_u64().map(|n| n.to_string()).as_deref() == Some(port))
+        .expect("the port [peers] dns names");
+    assert_eq!(port_number(c, &mirror["targetPort"]), MIRROR_PORT);
+
+    for (secret, key) in [
+        ("stevedore-peers", &config["peers"]["secret"]),
+        ("stevedore-s3", &config["store"]["s3"]["secret-access-key"]),
+    ] {
+        assert!(
+            r.find_optional("Secret", secret).is_none(),
+            "{secret} is shipped"
+        );
+        let file = key["file"].as_str().expect("a { file = … } secret");
+        let mount = mounts(c)
+            .find(|m| file.starts_with(&format!("{}/", str_of(&m["mountPath"]))))
+            .unwrap_or_else(|| panic!("{file} is not in a mount"));
+        assert_eq!(
+            volume(pod, str_of(&mount["name"]))["secret"]["secretName"],
+            secret
+        );
+    }
 }
 
 /// Runs the writer's script with `certs_d` as the node's /etc/containerd/certs.d until it has

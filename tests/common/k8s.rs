@@ -13,7 +13,21 @@ use base64::Engine;
 use serde_json::Value;
 
 /// The overlays under deploy/kubernetes/overlays.
-pub const OVERLAYS: [&str; 2] = ["node-local", "shared"];
+pub const OVERLAYS: [&str; 3] = ["node-local", "shared", "scale-out"];
+/// Secrets an overlay mounts that its user creates (never shipped), with sample files.
+pub const USER_SECRETS: [(&str, &[(&str, &str)]); 2] = [
+    (
+        "stevedore-peers",
+        &[("secret", "a-sample-peer-secret-of-32-chars")],
+    ),
+    (
+        "stevedore-s3",
+        &[
+            ("access-key-id", "GK0123456789abcdef01234567"),
+            ("secret-access-key", "0123456789abcdef0123456789abcdef"),
+        ],
+    ),
+];
 /// The Kubernetes version whose schemas the manifests must satisfy.
 pub const KUBERNETES_VERSION: &str = "1.32.0";
 /// stevedore's config in the pods: a file of a ConfigMap mounted as a directory.
@@ -209,9 +223,15 @@ impl Rendered {
             let files = if let Some(name) = vol["configMap"]["name"].as_str() {
                 self.files("ConfigMap", name)
             } else if let Some(name) = vol["secret"]["secretName"].as_str() {
+                let user = USER_SECRETS.iter().find(|(n, _)| *n == name);
                 match self.find_optional("Secret", name) {
                     Some(_) => self.files("Secret", name),
                     None if vol["secret"]["optional"] == true => BTreeMap::new(),
+                    None if user.is_some() => user
+                        .into_iter()
+                        .flat_map(|(_, files)| files.iter())
+                        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                        .collect(),
                     None => panic!("secret {name} is neither rendered nor optional"),
                 }
             } else {
