@@ -4,6 +4,7 @@
 
 mod client;
 mod counter;
+mod fanout;
 mod hostile;
 mod link;
 mod procs;
@@ -40,7 +41,7 @@ enum What {
 
 impl clap::ValueEnum for What {
     fn value_variants<'a>() -> &'a [Self] {
-        const VARIANTS: [What; 15] = [
+        const VARIANTS: [What; 16] = [
             What::All,
             What::One(Name::ALL[0]),
             What::One(Name::ALL[1]),
@@ -55,6 +56,7 @@ impl clap::ValueEnum for What {
             What::One(Name::ALL[10]),
             What::One(Name::ALL[11]),
             What::One(Name::ALL[12]),
+            What::One(Name::ALL[13]),
             What::Setup,
         ];
         &VARIANTS

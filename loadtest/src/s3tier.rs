@@ -17,14 +17,20 @@ use crate::client::Verify;
 use crate::scenarios::{Name, Params, ScenarioResult, TargetResult, measure_downloads};
 use crate::targets::{Kind, World};
 
-const BUCKET: &str = "stevedore";
+pub(crate) const BUCKET: &str = "stevedore";
 const MIB: f64 = 1024.0 * 1024.0;
 
-struct Garage {
+pub(crate) struct Garage {
     child: Child,
-    s3: String,
-    key_id: String,
-    secret: String,
+    pub(crate) s3: String,
+    pub(crate) key_id: String,
+    pub(crate) secret: String,
+}
+
+impl Garage {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Garage {
@@ -58,7 +64,7 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-async fn start_garage(dir: &Path) -> Result<Garage> {
+pub(crate) async fn start_garage(dir: &Path) -> Result<Garage> {
     std::fs::create_dir_all(dir)?;
     let (rpc, s3, admin) = (free_port()?, free_port()?, free_port()?);
     let config = dir.join("garage.toml");

@@ -52,10 +52,12 @@ pub enum Name {
     Cold32SlowLink,
     #[value(name = "s3-tier")]
     S3Tier,
+    #[value(name = "cold-fanout-3")]
+    ColdFanout3,
 }
 
 impl Name {
-    pub const ALL: [Name; 13] = [
+    pub const ALL: [Name; 14] = [
         Name::Warm1,
         Name::Warm32,
         Name::Cold32,
@@ -69,6 +71,7 @@ impl Name {
         Name::ConnectHandshake,
         Name::Cold32SlowLink,
         Name::S3Tier,
+        Name::ColdFanout3,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +89,7 @@ impl Name {
             Name::ConnectHandshake => "connect-handshake",
             Name::Cold32SlowLink => "cold-32-slow-link",
             Name::S3Tier => "s3-tier",
+            Name::ColdFanout3 => "cold-fanout-3",
         }
     }
 }
@@ -247,6 +251,7 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
         Name::ConnectHandshake => return crate::tls::connect_handshake(world).await,
         Name::Cold32SlowLink => return crate::link::cold_32_slow_link(world, params).await,
         Name::S3Tier => return crate::s3tier::s3_tier(world, params).await,
+        Name::ColdFanout3 => return crate::fanout::cold_fanout_3(world, params).await,
     };
     let throughput = |r: &TargetResult| r.mib_per_s;
     let rate = |r: &TargetResult| r.req_per_s;
@@ -281,7 +286,8 @@ pub async fn run(world: &World, name: Name, params: &Params) -> Result<ScenarioR
         | Name::Tls32
         | Name::ConnectHandshake
         | Name::Cold32SlowLink
-        | Name::S3Tier => {}
+        | Name::S3Tier
+        | Name::ColdFanout3 => {}
     }
     Ok(result)
 }
@@ -426,7 +432,12 @@ async fn measure_downloads_on(
     Ok(r)
 }
 
-fn summarize(target: &str, clients: usize, downloads: &[Download], wall: Duration) -> TargetResult {
+pub(crate) fn summarize(
+    target: &str,
+    clients: usize,
+    downloads: &[Download],
+    wall: Duration,
+) -> TargetResult {
     let ok: Vec<&Download> = downloads.iter().filter(|d| d.error.is_none()).collect();
     let mut ttfb: Vec<Duration> = ok.iter().filter_map(|d| d.ttfb).collect();
     let mut done: Vec<Duration> = ok.iter().map(|d| d.total).collect();
