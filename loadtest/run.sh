@@ -19,7 +19,7 @@ fi
 # Debian's packages may start system services; the benchmark starts its own instances.
 systemctl stop docker-registry nginx >/dev/null 2>&1 || true
 
-# s3-tier runs a Garage node (the S3 store replicas share).
+# s3-tier and cold-fanout-3 run a Garage node (the S3 store replicas share).
 if ! command -v garage >/dev/null 2>&1; then
   cargo install --locked garage
 fi

@@ -82,7 +82,8 @@ impl clap::ValueEnum for What {
 )]
 struct Cli {
     /// Scenario to run: all, warm-1, warm-32, cold-32, tag-head, rss-64, rss-1000,
-    /// small-answers, abuse-soak, tls-1, tls-32, connect-handshake, cold-32-slow-link, s3-tier, or setup.
+    /// small-answers, abuse-soak, tls-1, tls-32, connect-handshake, cold-32-slow-link, s3-tier,
+    /// cold-fanout-3, or setup.
     #[arg(value_enum)]
     what: What,
     /// Size of the test blob in MiB (default 1024; 64 with --quick).
