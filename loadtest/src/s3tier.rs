@@ -179,7 +179,10 @@ pub async fn s3_tier(world: &World, params: &Params) -> Result<ScenarioResult> {
     w.finish().await?;
     // Warm Garage's side, then measure its own GET.
     garage_get(&s3, &path, params.verify).await?;
+    // CPU of this phase: Garage as the target, the benchmark (the client) as the harness.
+    let cpu = crate::procs::CpuWatch::start(vec![g.pid()], Vec::new());
     let (n, took) = garage_get(&s3, &path, params.verify).await?;
+    let cpu = cpu.finish();
     let mib = n as f64 / MIB;
     let mut results = vec![TargetResult {
         target: "garage GET".to_string(),
@@ -189,6 +192,7 @@ pub async fn s3_tier(world: &World, params: &Params) -> Result<ScenarioResult> {
         bytes: n,
         wall_s: took.as_secs_f64(),
         mib_per_s: mib / took.as_secs_f64(),
+        cpu,
         ..TargetResult::default()
     }];
     // A stevedore replica over that bucket with an empty local disk.
