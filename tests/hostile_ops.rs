@@ -1,6 +1,7 @@
 //! Hostile inputs against what the operations and scale-out work added, on the real binary:
 //! forged or malformed `traceparent` and `x-request-id` headers, a collector that answers
-//! with an endless body, the peer path probed without, with wrong and with oversized secrets,
+//! with an endless body, a peer address that answers its id with one, the peer path probed
+//! without, with wrong and with oversized secrets,
 //! a replica asked by an admitted peer for another repository's blob, and made-up paths that
 //! must not grow the metric labels.
 
@@ -114,25 +115,54 @@ async fn a_collector_answering_forever_costs_neither_memory_nor_the_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(25));
 }
 
+/// A replica with a store, listed first in its own `[peers]` before `others`, over a registry
+/// holding `team/app:v1`.
+struct Replica {
+    registry: Registry,
+    image: images::PushedImage,
+    _store: tempfile::TempDir,
+    port: u16,
+    proxy: Process,
+}
+
+impl Replica {
+    async fn start(seed: u64, others: &[String], peers_extra: &str) -> Replica {
+        let registry = Registry::open();
+        let image = images::push_image(&registry, "team/app", "v1", &ImageSpec::seed(seed)).await;
+        let host = registry.host();
+        let store = tempfile::tempdir().expect("tempdir");
+        let port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
+        let addresses: Vec<String> = std::iter::once(format!("http://127.0.0.1:{port}"))
+            .chain(others.iter().cloned())
+            .map(|a| format!("{a:?}"))
+            .collect();
+        let proxy = Process::start_at(
+            "127.0.0.1",
+            port,
+            "",
+            &format!(
+                "[store]\npath = \"{}\"\n[peers]\naddresses = [{}]\nsecret = \"{SECRET}\"\n\
+                 {peers_extra}{}",
+                store.path().display(),
+                addresses.join(", "),
+                registry_section(&host, &registry.url(), "")
+            ),
+            &[],
+        );
+        Replica {
+            registry,
+            image,
+            _store: store,
+            port,
+            proxy,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_peer_path_gives_nothing_without_the_secret_and_keeps_repositories_apart() {
-    let registry = Registry::open();
-    let image = images::push_image(&registry, "team/app", "v1", &ImageSpec::seed(2601)).await;
-    let host = registry.host();
-    let store = tempfile::tempdir().expect("tempdir");
-    let port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
-    let proxy = Process::start_at(
-        "127.0.0.1",
-        port,
-        "",
-        &format!(
-            "[store]\npath = \"{}\"\n[peers]\naddresses = [\"http://127.0.0.1:{port}\"]\n\
-             secret = \"{SECRET}\"\n{}",
-            store.path().display(),
-            registry_section(&host, &registry.url(), "")
-        ),
-        &[],
-    );
+    let r = Replica::start(2601, &[], "").await;
+    let (image, host, port, proxy) = (&r.image, r.registry.host(), r.port, &r.proxy);
     let http = client();
     let (layer, _) = image.layers[0].clone();
     let base = format!("http://127.0.0.1:{port}/_stevedore/peer");
@@ -175,15 +205,52 @@ async fn the_peer_path_gives_nothing_without_the_secret_and_keeps_repositories_a
         let status = peer(odd.clone()).await.expect("odd").status();
         assert!(status == 404 || status == 400, "{odd}: {status}");
     }
-    let metrics = http
-        .get(format!(
-            "{}/v2/team/app/blobs/{layer}?ns={host}",
-            proxy.url()
-        ))
-        .send()
-        .await
-        .expect("normal");
-    assert_eq!(metrics.status(), 200);
+    assert_eq!(get_blob(&http, proxy, &host, &layer).await.status(), 200);
+}
+
+/// `GET` of a blob of `team/app` through the mirror API.
+async fn get_blob(
+    http: &reqwest::Client,
+    proxy: &Process,
+    host: &str,
+    layer: &str,
+) -> reqwest::Response {
+    http.get(format!(
+        "{}/v2/team/app/blobs/{layer}?ns={host}",
+        proxy.url()
+    ))
+    .send()
+    .await
+    .expect("blob")
+}
+
+/// Whatever listens at an address in `[peers]` is asked for its id at every refresh: one that
+/// answers with an endless body is read no further than an id can go, and never becomes an
+/// owner (the blob is still served, by this replica itself).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_address_answering_forever_costs_no_memory_and_owns_nothing() {
+    let endless = endless_collector().await;
+    let r = Replica::start(
+        2602,
+        &[format!("http://127.0.0.1:{endless}")],
+        "refresh = \"1s\"\n",
+    )
+    .await;
+    let (image, host, proxy) = (&r.image, r.registry.host(), &r.proxy);
+    let before = proxy.status_kib("VmRSS");
+    // Several refreshes, each reading the endless answer until it is too long for an id.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let grown = proxy.status_kib("VmHWM").saturating_sub(before);
+    assert!(grown < 64 * 1024, "grew {grown} KiB");
+    let http = client();
+    for (layer, _) in &image.layers {
+        let r = get_blob(&http, proxy, &host, layer).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            common::util::sha256_digest(&r.bytes().await.expect("body")),
+            *layer
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

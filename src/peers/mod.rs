@@ -28,6 +28,10 @@ use crate::store::{FillSource, Resume};
 pub const SECRET_HEADER: &str = "x-stevedore-peer";
 /// Where replicas ask each other.
 pub const PATH_PREFIX: &str = "/_stevedore/peer";
+/// Longest instance id a replica answers with (its ids are 64 hex digits).
+const MAX_ID: u64 = 64;
+/// Most replicas taken from a DNS answer (each is asked for its id at every refresh).
+const MAX_REPLICAS: usize = 256;
 
 /// One replica as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,9 +156,25 @@ impl Peers {
     async fn lookup(&self) -> Vec<Url> {
         if let Some(dns) = &self.config.dns {
             return match tokio::net::lookup_host(dns.as_str()).await {
-                Ok(addrs) => addrs
-                    .filter_map(|a| Url::parse(&format!("http://{a}/")).ok())
-                    .collect(),
+                Ok(addrs) => {
+                    let mut addrs: Vec<_> = addrs.collect();
+                    // The same cut on every replica (sorted first), so they agree on owners.
+                    addrs.sort();
+                    addrs.dedup();
+                    if addrs.len() > MAX_REPLICAS {
+                        tracing::warn!(
+                            dns,
+                            found = addrs.len(),
+                            kept = MAX_REPLICAS,
+                            "peers: more addresses than replicas are supported; the rest are left out"
+                        );
+                        addrs.truncate(MAX_REPLICAS);
+                    }
+                    addrs
+                        .into_iter()
+                        .filter_map(|a| Url::parse(&format!("http://{a}/")).ok())
+                        .collect()
+                }
                 Err(e) => {
                     tracing::warn!(dns, error = %e, "peers: lookup failed");
                     Vec::new()
@@ -178,13 +198,19 @@ impl Peers {
             .send()
             .await
             .ok()?;
-        if resp.status() != StatusCode::OK {
+        if resp.status() != StatusCode::OK || resp.content_length().is_some_and(|n| n > MAX_ID) {
             return None;
         }
-        let body = resp.bytes().await.ok()?;
-        (body.len() <= 64)
-            .then(|| String::from_utf8(body.to_vec()).ok())
-            .flatten()
+        // Whatever answers at a replica's address is read only as far as an id can go.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.ok()? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > MAX_ID {
+                return None;
+            }
+        }
+        String::from_utf8(body).ok()
     }
 
     fn secret_value(&self) -> String {
