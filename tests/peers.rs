@@ -153,10 +153,14 @@ async fn ninety_six_clients_over_three_replicas_make_one_upstream_get() {
     }
     assert_eq!(c.faults.count("GET", &format!("/blobs/{layer}")), 1);
     let owner = c.owner(&layer);
-    assert!(
-        c.replicas[owner].log().contains("fill committed"),
-        "the owner filled it"
-    );
+    // Clients finish once the bytes are verified; the commit (fsync of 1 GiB) follows.
+    let committed = common::util::wait_until(Duration::from_secs(60), || {
+        c.replicas[owner]
+            .log()
+            .contains("fill committed")
+            .then_some(())
+    });
+    assert!(committed.is_some(), "the owner filled it");
 
     // The peer path is closed to anyone without the secret.
     let outsider = http

@@ -254,6 +254,7 @@ async fn fetch_blob_inner(
         received += chunk.len() as u64;
         bar.advance(chunk.len() as u64);
     }
+    pull.settled(digest).await;
     if store.size(digest).is_none() {
         return Err(format!(
             "fetched and verified, but the store did not keep it (is store.max-size, {}, \

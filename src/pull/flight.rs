@@ -86,6 +86,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         })
     }
 
+    /// Waits on the work for `key` if some is in progress; never leads.
+    pub fn watch(&self, key: &K) -> Option<Waiter<V>> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.get(key).map(|slot| Waiter {
+            rx: slot.tx.subscribe(),
+        })
+    }
+
     /// Flights in progress.
     pub fn len(&self) -> usize {
         self.slots

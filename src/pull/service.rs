@@ -132,6 +132,20 @@ impl PullService {
         &self.upstreams
     }
 
+    /// Waits until a fill of `digest` still in progress has committed (or failed): a
+    /// client's transfer ends once the bytes are verified, before the blob is durable in the
+    /// store. For callers that need it kept, not only served.
+    pub async fn settled(&self, digest: &Digest) {
+        let Some(waiter) = self.fills.watch(digest) else {
+            return;
+        };
+        if let super::flight::Outcome::Done(FillOutcome::Running(fill)) =
+            waiter.wait(self.wait_timeout).await
+        {
+            fill.finished().await;
+        }
+    }
+
     /// Blob fills and manifest fetches in flight.
     pub fn flights(&self) -> usize {
         self.fills.len() + self.manifest_fetches.len()

@@ -147,6 +147,7 @@ impl DiskLayout {
             file: Some(file),
             digest: digest.clone(),
             hasher: Some(digest.algorithm().hasher()),
+            actual: None,
             written: 0,
             committed: false,
         })
@@ -238,6 +239,8 @@ pub struct TempBlob {
     file: Option<File>,
     digest: Digest,
     hasher: Option<crate::reference::Hasher>,
+    /// The digest of what was written, once checked.
+    actual: Option<Digest>,
     written: u64,
     committed: bool,
 }
@@ -277,6 +280,22 @@ impl TempBlob {
         Ok(())
     }
 
+    /// Checks the digest of what was written (once; later calls repeat the verdict).
+    pub fn verify(&mut self) -> Result<(), CommitError> {
+        if let Some(hasher) = self.hasher.take() {
+            self.actual = Some(hasher.finish());
+        }
+        match &self.actual {
+            Some(actual) if *actual == self.digest => Ok(()),
+            Some(actual) => Err(CommitError::Mismatch {
+                expected: self.digest.clone(),
+                actual: actual.clone(),
+                size: self.written,
+            }),
+            None => Err(io::Error::other("temp blob already finished").into()),
+        }
+    }
+
     /// Checks the digest; on a match fsyncs, writes the media type (manifests), and renames
     /// the file to its digest path. On a mismatch the temp file is removed.
     pub fn commit(
@@ -284,18 +303,7 @@ impl TempBlob {
         layout: &DiskLayout,
         media_type: Option<&str>,
     ) -> Result<(), CommitError> {
-        let actual = self
-            .hasher
-            .take()
-            .ok_or_else(|| io::Error::other("temp blob already finished"))?
-            .finish();
-        if actual != self.digest {
-            return Err(CommitError::Mismatch {
-                expected: self.digest.clone(),
-                actual,
-                size: self.written,
-            });
-        }
+        self.verify()?;
         if let Some(file) = self.file.take() {
             file.sync_all()?;
         }

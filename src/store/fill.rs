@@ -80,7 +80,7 @@ impl Fill {
     pub async fn finished(&self) -> FillState {
         let mut rx = self.progress.clone();
         let waited = rx
-            .wait_for(|p| p.state != FillState::Running)
+            .wait_for(|p| matches!(p.state, FillState::Committed | FillState::Failed(_)))
             .await
             .map(|p| p.state.clone());
         waited.unwrap_or_else(|_| rx.borrow().state.clone())
@@ -251,6 +251,7 @@ async fn pump(
 ) -> Result<u64, FillFailure> {
     let stats: &StoreStats = &store.stats;
     let (chunks, mut rx) = mpsc::channel::<Bytes>(16);
+    let verified = progress.clone();
     let writer = tokio::task::spawn_blocking(move || -> io::Result<TempBlob> {
         let mut temp = temp;
         // Chunks that have arrived are gathered into one block (up to WRITE_BLOCK) per
@@ -346,9 +347,17 @@ async fn pump(
         .map_err(|e| store_failure("writing the store", &e))?;
     let size = temp.written();
     let layout: DiskLayout = store.layout.clone();
-    let committed = tokio::task::spawn_blocking(move || temp.commit(&layout, None))
-        .await
-        .map_err(|e| upstream(format!("commit task: {e}")))?;
+    let committed = tokio::task::spawn_blocking(move || {
+        let mut temp = temp;
+        temp.verify()?;
+        // The bytes are right: readers finish now rather than after the fsync of the whole
+        // blob (about 0.6 s per GiB here). Should making it durable fail, those still
+        // reading end with an error; nothing unverified is ever delivered.
+        verified.send_modify(|p| p.state = FillState::Verified);
+        temp.commit(&layout, None)
+    })
+    .await
+    .map_err(|e| upstream(format!("commit task: {e}")))?;
     match committed {
         Ok(()) => Ok(size),
         Err(CommitError::Mismatch {

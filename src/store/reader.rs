@@ -15,6 +15,9 @@ use crate::body::{ByteStream, ChunkLimit};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FillState {
     Running,
+    /// Every byte is written and matches the digest; the file is being made durable and
+    /// moved to its digest path. Readers may deliver the last byte.
+    Verified,
     Committed,
     Failed(FillFailure),
 }
@@ -123,7 +126,7 @@ async fn next_chunk(st: &mut ReadState) -> io::Result<Option<Bytes>> {
         let p = st.progress.borrow_and_update().clone();
         let committed = match &p.state {
             FillState::Failed(failure) => return Err(failure.io_error()),
-            FillState::Committed => true,
+            FillState::Verified | FillState::Committed => true,
             FillState::Running => false,
         };
         // Until verified, hold back the last byte of the blob.
@@ -171,7 +174,7 @@ async fn next_chunk(st: &mut ReadState) -> io::Result<Option<Bytes>> {
         if st.progress.changed().await.is_err() {
             // The fill is gone; its last word stands.
             let last = st.progress.borrow().clone();
-            if last.state == FillState::Running {
+            if matches!(last.state, FillState::Running | FillState::Verified) {
                 return Err(io::Error::other("the fill ended without finishing"));
             }
         }
@@ -310,6 +313,40 @@ mod tests {
         tokio::task::yield_now().await;
         tx.send_modify(|p| p.state = FillState::Committed);
         assert_eq!(reader.await.unwrap().unwrap(), b"bc");
+    }
+}
+
+#[cfg(test)]
+mod verified_tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::io::Write as _;
+
+    #[tokio::test]
+    async fn the_last_byte_goes_out_once_verified_before_the_commit() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"abcdef").unwrap();
+        let (tx, rx) = watch::channel(Progress {
+            written: 6,
+            state: FillState::Running,
+        });
+        let mut s = stream(
+            File::open(f.path()).unwrap(),
+            0,
+            None,
+            Some(6),
+            rx,
+            None,
+            ChunkLimit::default(),
+        );
+        assert_eq!(&s.next().await.unwrap().unwrap()[..], b"abcde");
+        tx.send_modify(|p| p.state = FillState::Verified);
+        assert_eq!(&s.next().await.unwrap().unwrap()[..], b"f");
+        assert!(
+            s.next().await.is_none(),
+            "ends without waiting for the commit"
+        );
+        drop(tx);
     }
 }
 
