@@ -280,6 +280,17 @@ impl TempBlob {
         Ok(())
     }
 
+    /// Takes the hasher out, for a caller that hashes the same bytes, in the same order,
+    /// elsewhere and hands the result to [`TempBlob::set_hashed`].
+    pub fn take_hasher(&mut self) -> Option<crate::reference::Hasher> {
+        self.hasher.take()
+    }
+
+    /// The digest of what was written, computed by whoever took the hasher.
+    pub fn set_hashed(&mut self, actual: Digest) {
+        self.actual = Some(actual);
+    }
+
     /// Checks the digest of what was written (once; later calls repeat the verdict).
     pub fn verify(&mut self) -> Result<(), CommitError> {
         if let Some(hasher) = self.hasher.take() {
