@@ -223,6 +223,12 @@ async fn json_log_lines_carry_their_request_id_and_metrics_are_documented() {
         .expect("x-request-id")
         .to_owned();
     r.bytes().await.expect("body");
+    // The transfer ends once the bytes are verified; the second request is to be a hit, so
+    // it waits for the commit.
+    let committed = common::util::wait_until(Duration::from_secs(5), || {
+        proxy.log().contains("fill committed").then_some(())
+    });
+    assert!(committed.is_some(), "{}", proxy.log());
     let warm = http
         .get(format!(
             "{}/v2/team/app/blobs/{layer}?ns={host}",
@@ -239,10 +245,6 @@ async fn json_log_lines_carry_their_request_id_and_metrics_are_documented() {
     );
 
     // Every line is JSON; the request's lines and its fill's carry its id.
-    let committed = common::util::wait_until(Duration::from_secs(5), || {
-        proxy.log().contains("fill committed").then_some(())
-    });
-    assert!(committed.is_some(), "{}", proxy.log());
     let log = proxy.log();
     let mut request_lines = 0;
     let mut fill_lines = 0;

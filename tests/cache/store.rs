@@ -153,6 +153,13 @@ async fn metrics_count_requests_cache_results_and_fills() {
     for _ in 0..2 {
         let (status, got, _) = fetch_hashed(client.get(&target)).await.expect("blob");
         assert_eq!((status, got.as_str()), (StatusCode::OK, digest.as_str()));
+        // A transfer ends once the bytes are verified; wait for the commit, so that the
+        // second request is a hit rather than a join of the committing fill.
+        s.proxy
+            .state
+            .pull
+            .settled(&digest.parse().expect("digest"))
+            .await;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
