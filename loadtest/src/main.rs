@@ -5,6 +5,7 @@
 mod client;
 mod counter;
 mod fanout;
+mod heads;
 mod hostile;
 mod link;
 mod procs;

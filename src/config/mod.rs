@@ -9,6 +9,7 @@ mod peers;
 pub mod policy;
 mod remote;
 mod secret_source;
+mod store;
 mod validate;
 
 use std::fmt;
@@ -19,6 +20,7 @@ pub use observe::{LogConfig, LogFormat, TracingConfig};
 pub use peers::PeersConfig;
 pub use remote::{S3Config, StoreBackend};
 pub use secret_source::{SecretError, SecretSource};
+pub use store::StoreConfig;
 pub use validate::realm_host;
 
 /// Largest file a config names (certificates, keys, secrets, tokens, Contrast files, the
