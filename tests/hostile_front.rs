@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::util::direct_client as client;
+
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -16,13 +18,6 @@ use common::registry::Registry;
 use common::stevedore::{Stevedore, registry_section};
 use common::token_server::TokenServer;
 use reqwest::StatusCode;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
 
 /// Reads from `s` until the server closes it; how long that took, and what was read. Panics
 /// if it stays open past `limit`.

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::util::direct_client as client;
+
 use std::time::Duration;
 
 use common::images::{self, ImageSpec};
@@ -18,13 +20,6 @@ use common::util::free_port;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const SECRET: &str = "a-peer-secret-of-some-length";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_trace_and_request_ids_are_not_taken() {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::util::direct_client as client;
+
 use std::time::Duration;
 
 use common::faults::{Fault, FaultProxy, Rule};
@@ -18,13 +20,6 @@ use common::stevedore::{Stevedore, registry_section};
 use common::util::sha256_digest;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
 
 fn largest_layer(image: &PushedImage) -> (String, u64) {
     image

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::util::direct_client as client;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -20,13 +22,6 @@ use common::util::{free_port, sha256_digest};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cold_pull_exports_request_token_upstream_store_and_fill_spans() {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::util::direct_client as client;
+
 use std::time::Duration;
 
 use common::faults::{Fault, FaultProxy, Rule};
@@ -17,13 +19,6 @@ use common::util::{free_port, sha256_digest, wait_until};
 use futures_util::StreamExt as _;
 
 const TOKEN: &str = "reload-token-93b1";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
 
 async fn status(http: &reqwest::Client, url: &str, token: Option<&str>) -> u16 {
     let mut r = http.get(url).header("accept", common::pulls::OCI_ACCEPT);

@@ -5,19 +5,14 @@
 
 mod common;
 
+use common::util::direct_client as client;
+
 use common::images::{self, Blob, ImageSpec, Platform, RegistryClient};
 use common::pulls::error_of;
 use common::registry::Registry;
 use common::stevedore::{Stevedore, registry_section};
 use common::util::{PublicAddress, sha256_digest};
 use reqwest::StatusCode;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
 
 /// Pushes to `repo:tag` an image of its own whose manifest names `subject` (any digest) as
 /// its subject. distribution accepts it: registries do not check that a subject exists.

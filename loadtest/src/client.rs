@@ -110,11 +110,23 @@ pub async fn concurrent_downloads(
     timeout: Duration,
     verify: Verify,
 ) -> Result<(Vec<Download>, Duration)> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(clients + 1));
-    let mut tasks = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    let urls = vec![url.to_string(); clients];
+    downloads_from(&urls, digest, size, timeout, verify).await
+}
+
+/// One puller per URL, as [`concurrent_downloads`] (for clients spread over targets).
+pub async fn downloads_from(
+    urls: &[String],
+    digest: &str,
+    size: u64,
+    timeout: Duration,
+    verify: Verify,
+) -> Result<(Vec<Download>, Duration)> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(urls.len() + 1));
+    let mut tasks = Vec::with_capacity(urls.len());
+    for url in urls {
         let client = new_client()?;
-        let (barrier, url, digest) = (barrier.clone(), url.to_string(), digest.to_string());
+        let (barrier, url, digest) = (barrier.clone(), url.clone(), digest.to_string());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             download(&client, &url, &digest, size, timeout, verify).await
@@ -122,7 +134,7 @@ pub async fn concurrent_downloads(
     }
     barrier.wait().await;
     let start = Instant::now();
-    let mut results = Vec::with_capacity(clients);
+    let mut results = Vec::with_capacity(urls.len());
     for task in tasks {
         results.push(task.await.context("download task panicked")?);
     }

@@ -5,12 +5,11 @@
 //! with the blob GETs the origin saw from all three together.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::client::{Download, Verify, download, new_client};
+use crate::client::downloads_from;
 use crate::counter::Counter;
 use crate::procs::{CpuWatch, Proc, RssSampler, free_port, loopback, sum_kib};
 use crate::s3tier::{BUCKET, start_garage};
@@ -100,7 +99,14 @@ pub async fn cold_fanout_3(world: &World, params: &Params) -> Result<ScenarioRes
             )
         })
         .collect();
-    let (downloads, wall) = spread_downloads(&urls, image, timeout, params.verify).await?;
+    let (downloads, wall) = downloads_from(
+        &urls,
+        &image.blob_digest,
+        image.blob_bytes,
+        timeout,
+        params.verify,
+    )
+    .await?;
     let cpu = cpu.finish();
     let mut r = summarize("3 replicas (peers + bucket)", CLIENTS, &downloads, wall);
     r.sampled_rss_max_kib = sampler.finish();
@@ -132,35 +138,4 @@ pub async fn cold_fanout_3(world: &World, params: &Params) -> Result<ScenarioRes
         results: vec![single, r],
         ratios,
     })
-}
-
-/// One download per URL, each with its own connection, started together.
-async fn spread_downloads(
-    urls: &[String],
-    image: &crate::setup::Image,
-    timeout: Duration,
-    verify: Verify,
-) -> Result<(Vec<Download>, Duration)> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(urls.len() + 1));
-    let mut tasks = Vec::with_capacity(urls.len());
-    for url in urls {
-        let client = new_client()?;
-        let (barrier, url, digest, size) = (
-            barrier.clone(),
-            url.clone(),
-            image.blob_digest.clone(),
-            image.blob_bytes,
-        );
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            download(&client, &url, &digest, size, timeout, verify).await
-        }));
-    }
-    barrier.wait().await;
-    let start = Instant::now();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.context("download task panicked")?);
-    }
-    Ok((out, start.elapsed()))
 }

@@ -190,7 +190,7 @@ impl Peers {
 
     async fn ask_id(&self, base: &Url) -> Option<String> {
         let url = base.join(&format!("{PATH_PREFIX}/id")).ok()?;
-        let resp = self
+        let mut resp = self
             .http
             .get(url)
             .header(SECRET_HEADER, self.secret_value())
@@ -202,7 +202,6 @@ impl Peers {
             return None;
         }
         // Whatever answers at a replica's address is read only as far as an id can go.
-        let mut resp = resp;
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.ok()? {
             body.extend_from_slice(&chunk);

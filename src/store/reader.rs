@@ -263,22 +263,28 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn follows_a_growing_file_and_holds_the_last_byte_until_verified() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
+    /// A reader of all of `f`, a fill of `total` bytes still running, and its progress.
+    fn following(f: &tempfile::NamedTempFile, total: u64) -> (watch::Sender<Progress>, ByteStream) {
         let (tx, rx) = watch::channel(Progress {
             written: 0,
             state: FillState::Running,
         });
-        let mut s = stream(
+        let s = stream(
             File::open(f.path()).unwrap(),
             0,
             None,
-            Some(6),
+            Some(total),
             rx,
             None,
             ChunkLimit::default(),
         );
+        (tx, s)
+    }
+
+    #[tokio::test]
+    async fn follows_a_growing_file_and_holds_the_last_byte_until_verified() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let (tx, mut s) = following(&f, 6);
         f.write_all(b"abcdef").unwrap();
         tx.send_modify(|p| p.written = 6);
         assert_eq!(&s.next().await.unwrap().unwrap()[..], b"abcde");
@@ -290,6 +296,21 @@ mod tests {
         let err = s.next().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_goes_out_once_verified_before_the_commit() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"abcdef").unwrap();
+        let (tx, mut s) = following(&f, 6);
+        tx.send_modify(|p| p.written = 6);
+        assert_eq!(&s.next().await.unwrap().unwrap()[..], b"abcde");
+        tx.send_modify(|p| p.state = FillState::Verified);
+        assert_eq!(&s.next().await.unwrap().unwrap()[..], b"f");
+        assert!(
+            s.next().await.is_none(),
+            "ends without waiting for the commit"
+        );
     }
 
     #[tokio::test]
@@ -313,40 +334,6 @@ mod tests {
         tokio::task::yield_now().await;
         tx.send_modify(|p| p.state = FillState::Committed);
         assert_eq!(reader.await.unwrap().unwrap(), b"bc");
-    }
-}
-
-#[cfg(test)]
-mod verified_tests {
-    use super::*;
-    use futures_util::StreamExt;
-    use std::io::Write as _;
-
-    #[tokio::test]
-    async fn the_last_byte_goes_out_once_verified_before_the_commit() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(b"abcdef").unwrap();
-        let (tx, rx) = watch::channel(Progress {
-            written: 6,
-            state: FillState::Running,
-        });
-        let mut s = stream(
-            File::open(f.path()).unwrap(),
-            0,
-            None,
-            Some(6),
-            rx,
-            None,
-            ChunkLimit::default(),
-        );
-        assert_eq!(&s.next().await.unwrap().unwrap()[..], b"abcde");
-        tx.send_modify(|p| p.state = FillState::Verified);
-        assert_eq!(&s.next().await.unwrap().unwrap()[..], b"f");
-        assert!(
-            s.next().await.is_none(),
-            "ends without waiting for the commit"
-        );
-        drop(tx);
     }
 }
 

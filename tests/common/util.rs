@@ -270,6 +270,15 @@ pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// An HTTP client that never goes through a proxy from the environment, for talking to the
+/// processes the tests start on loopback.
+pub fn direct_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
