@@ -157,18 +157,14 @@ impl Peers {
         if let Some(dns) = &self.config.dns {
             return match tokio::net::lookup_host(dns.as_str()).await {
                 Ok(addrs) => {
-                    let mut addrs: Vec<_> = addrs.collect();
-                    // The same cut on every replica (sorted first), so they agree on owners.
-                    addrs.sort();
-                    addrs.dedup();
-                    if addrs.len() > MAX_REPLICAS {
+                    let (addrs, found) = first_replicas(addrs.collect());
+                    if found > addrs.len() {
                         tracing::warn!(
                             dns,
-                            found = addrs.len(),
-                            kept = MAX_REPLICAS,
+                            found,
+                            kept = addrs.len(),
                             "peers: more addresses than replicas are supported; the rest are left out"
                         );
-                        addrs.truncate(MAX_REPLICAS);
                     }
                     addrs
                         .into_iter()
@@ -315,8 +311,31 @@ fn score(base: &Url, digest: &Digest) -> u64 {
     u64::from_be_bytes(first)
 }
 
+/// The replicas among a DNS answer: distinct addresses, the lowest [`MAX_REPLICAS`] (the same
+/// cut on every replica, so that they agree on owners), and how many distinct ones there were.
+fn first_replicas(mut addrs: Vec<std::net::SocketAddr>) -> (Vec<std::net::SocketAddr>, usize) {
+    addrs.sort();
+    addrs.dedup();
+    let found = addrs.len();
+    addrs.truncate(MAX_REPLICAS);
+    (addrs, found)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_dns_answer_is_cut_to_the_same_lowest_replicas_whatever_its_order() {
+        let addrs: Vec<std::net::SocketAddr> = (0..1000u32)
+            .map(|i| std::net::SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 5000)))
+            .collect();
+        let mut reversed = addrs.clone();
+        reversed.reverse();
+        reversed.push(addrs[3]);
+        let (kept, found) = super::first_replicas(reversed);
+        assert_eq!((kept.len(), found), (super::MAX_REPLICAS, 1000));
+        assert_eq!(kept, addrs[..super::MAX_REPLICAS]);
+    }
+
     use super::*;
 
     #[test]

@@ -125,10 +125,21 @@ async fn a_cut_connection_is_resumed_with_range() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flipped_byte_is_never_committed_and_readers_are_aborted() {
-    let s = setup(33, 2 << 20, "").await;
+    flipped_byte(33, |size| size / 2).await;
+}
+
+/// The last byte is the one readers hold back until the hash (on its own thread) has seen
+/// every byte: flipped, no reader may end cleanly even though every other byte was right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flipped_last_byte_is_never_delivered_as_a_clean_end() {
+    flipped_byte(35, |size| size - 1).await;
+}
+
+async fn flipped_byte(seed: u64, at: impl Fn(u64) -> u64) {
+    let s = setup(seed, 2 << 20, "").await;
     let (digest, size) = largest_layer(&s.image);
     s.faults.add(
-        Rule::new(&format!("/blobs/{digest}"), Fault::Corrupt { at: size / 2 })
+        Rule::new(&format!("/blobs/{digest}"), Fault::Corrupt { at: at(size) })
             .method("GET")
             .times(1),
     );
